@@ -22,3 +22,12 @@ __all__ = [
 #   from manifold_lowrank.manifolds.base import LowRankManifold
 #   from manifold_lowrank.manifolds.fixed_rank import FixedRank
 #   from manifold_lowrank.manifolds.tucker import Tucker
+
+from manifold_lowrank.manifolds.base import LowRankManifold
+from manifold_lowrank.manifolds.fixed_rank import FixedRank
+
+__all__ += ["FixedRank", "LowRankManifold"]
+
+from manifold_lowrank.manifolds.tucker import Tucker  # noqa: E402
+
+__all__ += ["Tucker"]

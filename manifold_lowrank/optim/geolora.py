@@ -1,0 +1,407 @@
+r"""GeoLoRA: rank-adaptive low-rank adaptation by the parallel integrator (ICLR 2025).
+
+One GeoLoRA step needs *one* forward/backward pass. With the projected gradients
+``(GV, UᵀGV, GᵀU)`` of ``G = ∂L/∂X`` at ``X = U S Vᵀ`` recorded by the layer
+(:mod:`manifold_lowrank.nn`), the step is
+
+1. **Augment** both bases with the gradient directions (sign-fixed Householder QR,
+   :func:`~manifold_lowrank.linalg.augment_basis`)::
+
+       Ũ = new orthonormal directions of [U | GV]     (m × k_u, Ũᵀ U = 0)
+       Ṽ = new orthonormal directions of [V | GᵀU]    (n × k_v, Ṽᵀ V = 0)
+
+   with ``k_u = min(r, m − r)``, ``k_v = min(r, n − r)``.
+2. **Galerkin step** on the augmented ``(r+k_u)×(r+k_v)`` coefficients::
+
+       Ŝ = [[ S − h UᵀGV ,  −h (GᵀU)ᵀ Ṽ ],
+            [ −h Ũᵀ GV   ,        0      ]]
+
+   ✔ ``[U Ũ] Ŝ [V Ṽ]ᵀ = U S Vᵀ − h P_T(G)`` exactly, with the tangent projection
+   ``P_T(G) = G V Vᵀ + U Uᵀ G − U Uᵀ G V Vᵀ`` (``span[U Ũ] ⊇ span(GV)``). This is a
+   Riemannian gradient step on the manifold of rank-``r`` matrices.
+3. **Truncate** by the rank rule (:class:`~manifold_lowrank.linalg.RankRule`):
+   ``Ŝ = P Σ Qᵀ``, ``r₁`` = the smallest rank with ``‖σ_{r₁+1:}‖₂ ≤ τ ‖σ‖₂``, clamped to
+   ``[min_rank, max_rank]``; ``U ← [U Ũ] P₁``, ``S ← Σ₁`` (diagonal), ``V ← [V Ṽ] Q₁``.
+   Since ``[U Ũ]`` and ``[V Ṽ]`` are orthonormal this is the best rank-``r₁``
+   approximation (Eckart–Young) of ``X − h P_T(G)``, with relative Frobenius error
+   ``≤ τ``. The rank can grow (up to ``2r``) or shrink in every step.
+
+Cost per layer: two thin QR of ``m×2r`` and ``n×2r``, one ``2r×2r`` SVD, and
+``O((m + n) r²)`` products; no ``m×n`` matrix and no ``S⁻¹``.
+
+Rank-deficient start
+--------------------
+Adapters start at ``ΔW = 0`` (``S = 0`` with random orthonormal ``U``, ``V``), a point
+*off* the rank-``r`` manifold. Because the step never inverts ``S`` (it uses ``GV`` and
+``GᵀU`` directly, not ``∂_U L · S⁻¹``), it is well defined there: the first step is
+``X₁ = trunc(−h P_T(G))`` where ``P_T`` is the projection onto
+``{U Aᵀ + B Vᵀ}`` — the gradient restricted to the rows/columns seen by the random
+bases plus the new directions ``GV`` and ``GᵀU``. The truncation then keeps only the
+directions the gradient actually uses. Rank ``0`` (``min_rank=0``) is absorbing: a
+rank-0 layer has no basis to augment and stays at ``ΔW = 0``.
+
+Mapping from the paper
+----------------------
+The paper (and its code) writes the adapter on the row-vector side,
+``y = W₀x + x U_p S_p V_pᵀ`` with ``U_p`` on the **input** side. Hence
+``ΔW = V_p S_pᵀ U_pᵀ``: our ``U = V_p``, ``V = U_p``, ``S = S_pᵀ``. The paper's
+``G_K = G_U S⁻¹`` (``G_U = ∂L/∂U_p``) is our ``GᵀU`` (obtained without ``S⁻¹``), its
+``G_L = G_V S⁻¹`` is our ``GV``, and its ``Ŝ`` is the transpose of ours. Differences to
+the released code (``methods.md`` §2.5), all deliberate:
+
+* the output scaling is a constant of the layer (no ``alpha/r`` jump when ``r`` changes);
+* weight decay is applied to ``S`` only (never to the orthonormal ``U``, ``V``);
+* each layer is truncated exactly once per step (no nested all-layer truncation);
+* no cached ``S⁻¹`` (nothing can go stale; zero singular values are harmless);
+* the tail norm includes every discarded singular value;
+* a classifier head is trained by any standard optimizer alongside (call both ``step``).
+
+Options beyond the paper
+------------------------
+``truncate_every = k``
+    The τ-rule is applied on every ``k``-th step; on the other steps only numerically
+    zero singular values (``≤ 100 ε ‖σ‖``) are dropped and ``max_rank`` caps the rank,
+    so the update is exactly ``X − h P_T(G)`` until the cap is reached.
+``momentum = β`` with ``precondition="none"``
+    Riemannian heavy-ball: ``ξ_t = β 𝒯(ξ_{t−1}) + P_T(G_t)``, step ``−h ξ_t``, where 𝒯 is
+    the projection vector transport
+    (:func:`~manifold_lowrank.optim.lowrank_base.transport_tangent`).
+    The momentum is stored as its three projections (``m×r``, ``r×r``, ``n×r``).
+``precondition="layer_rms"``
+    Adam-type normalisation with one *scalar* second moment per layer:
+    ``m_t = β₁ 𝒯(m_{t−1}) + (1−β₁) P_T(G_t)``, ``v_t = β₂ v_{t−1} + (1−β₂) ‖P_T(G_t)‖_F²``,
+    step ``−lr · m̂_t / (√v̂_t + ε)`` (bias-corrected). Justification: element-wise
+    second moments (Adam on ``S``) are not invariant under the basis rotations ``P``,
+    ``Q`` that every truncation applies, and cannot be transported exactly; the
+    Frobenius norm of the Riemannian gradient is invariant (it is the same in every
+    orthonormal basis and through rank changes). The update direction is unchanged
+    (still ``P_T(G)`` when ``β₁ = 0``), only its length is normalised, so the step of a
+    layer is ``≈ lr`` in Frobenius norm whatever the scale of its gradient — learning
+    rates transfer across layers and models, and large learning rates cannot blow up
+    the adapter. ``‖P_T(G)‖_F² = ‖GV‖² + ‖GᵀU‖² − ‖UᵀGV‖²`` costs ``O((m+n) r)``.
+
+Tucker adapters (:class:`~manifold_lowrank.nn.TuckerConv2dAdapter`) use the Tucker
+version of the parallel integrator
+(:func:`~manifold_lowrank.integrators.tucker_parallel`); their momentum is core state
+transported by ``M ← M ×_k (U_{k,+}ᵀ U_k)``. The matrix step is
+:func:`~manifold_lowrank.integrators.parallel`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from manifold_lowrank.integrators import parallel, tucker_parallel
+from manifold_lowrank.linalg import RankRule
+from manifold_lowrank.manifolds.types import (
+    FixedRankPoint,
+    ProjectedGradients,
+    TuckerPoint,
+    TuckerProjectedGradients,
+)
+from manifold_lowrank.nn.base import TuckerModule
+from manifold_lowrank.optim.lowrank_base import (
+    LowRankOptimizer,
+    decay_coefficients,
+    transport_core_tucker,
+    transport_tangent,
+)
+
+__all__ = ["GeoLoRA", "tangent_norm_sq"]
+
+PRECONDITIONERS = ("none", "layer_rms")
+
+
+# --------------------------------------------------------------------------- kernels
+def tangent_norm_sq(pg: ProjectedGradients) -> torch.Tensor:
+    """``‖P_T(G)‖_F² = ‖GV‖² + ‖GᵀU‖² − ‖UᵀGV‖²`` (a 0-d tensor, clamped at 0).
+
+    ``P_T(G) = GVVᵀ + UUᵀG(I − VVᵀ)`` is a sum of two Frobenius-orthogonal terms.
+    Cost ``O((m + n) r)``.
+    """
+    a, c, b = pg
+    val = a.pow(2).sum() + b.pow(2).sum() - c.pow(2).sum()
+    return val.clamp_min(0.0)
+
+
+def _tucker_norm_sq(pg: TuckerProjectedGradients, full_modes: tuple[int, ...]) -> torch.Tensor:
+    """``‖G ×_j P_j‖² + Σ_k ‖G ×_k (I − P_k) ×_{j≠k} P_j‖²`` (orthogonal terms).
+
+    ``‖G ×_k (I − P_k) ×_{j≠k} P_j‖² = ‖partials_k‖² − ‖core‖²``; a gauge-invariant
+    scale of the Riemannian gradient. Cost ``O(Σ_k n_k ∏_{j≠k} r_j)``.
+    """
+    c2 = pg.core.pow(2).sum()
+    total = c2
+    for k, p in enumerate(pg.partials):
+        if k not in full_modes:
+            total = total + p.pow(2).sum() - c2
+    return total.clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------- optimizer
+def _check_float(
+    name: str, value: object, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    v = float(value)
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    if not (ok_lo and ok_hi and math.isfinite(v)):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return v
+
+
+def _check_int(name: str, value: object, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _validate_group(g: dict[str, Any]) -> None:
+    _check_float("lr", g["lr"], 0.0, math.inf, hi_open=True)
+    _check_float("tau", g["tau"], 0.0, 1.0, hi_open=True)
+    _check_int("max_rank", g["max_rank"], 1)
+    _check_int("min_rank", g["min_rank"], 0)
+    if g["min_rank"] > g["max_rank"]:
+        raise ValueError(f"min_rank ({g['min_rank']}) must be <= max_rank ({g['max_rank']})")
+    _check_float("momentum", g["momentum"], 0.0, 1.0, hi_open=True)
+    if g["precondition"] not in PRECONDITIONERS:
+        raise ValueError(
+            f"precondition must be one of {PRECONDITIONERS}, got {g['precondition']!r}"
+        )
+    _check_float("beta2", g["beta2"], 0.0, 1.0, hi_open=True)
+    _check_float("eps", g["eps"], 0.0, math.inf, hi_open=True)
+    _check_float("weight_decay", g["weight_decay"], 0.0, math.inf, hi_open=True)
+
+
+class GeoLoRA(LowRankOptimizer):
+    r"""GeoLoRA optimizer: rank-adaptive parallel integrator, one backprop per step.
+
+    Drop-in usage (a plain ``step()``; any other parameters, e.g. a classifier head, go
+    to a standard optimizer alongside)::
+
+        model = get_adapter_model(base, AdapterConfig(r=8, target_modules=[...]))
+        opt = GeoLoRA(model, lr=1e-3, tau=0.1, max_rank=32)
+        head = torch.optim.AdamW(model.non_adapter_trainable_parameters(), lr=1e-3)
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step(); head.step()
+            opt.zero_grad(); head.zero_grad()
+
+    Parameters
+    ----------
+    model_or_layers : nn.Module or iterable
+        A model (all low-rank layers/adapters in it), or layers / ``(name, layer)``
+        pairs / group dicts ``{"layers": [...], "lr": ..., ...}``.
+    lr : float
+        Step size ``h`` (``precondition="none"``) or the Frobenius length of a layer's
+        step (``"layer_rms"``), ``≥ 0``.
+    tau : float
+        Relative truncation tolerance ``τ ∈ [0, 1)``: the smallest rank with
+        ``‖σ_{tail}‖₂ ≤ τ ‖σ‖₂`` is kept.
+    max_rank : int
+        Largest rank after a step (also capped by each layer's ``max_rank`` and
+        ``min(m, n)``).
+    min_rank : int
+        Smallest rank after a step (default 1; 0 lets a layer switch itself off, which
+        is absorbing).
+    truncate_every : int
+        Apply the τ-rule every ``k`` steps (see the module docstring).
+    momentum : float
+        ``β`` (``"none"``: heavy-ball) or ``β₁`` (``"layer_rms"``), in ``[0, 1)``.
+    precondition : {"none", "layer_rms"}
+        See the module docstring.
+    beta2, eps : float
+        Second-moment decay and denominator guard for ``"layer_rms"``.
+    weight_decay : float
+        Decoupled decay of ``S`` only: ``S ← (1 − lr·wd) S`` before the step. With
+        ``"layer_rms"`` the decay uses ``lr`` as given.
+    nan_policy : {"skip", "raise"}
+        See :class:`~manifold_lowrank.optim.lowrank_base.LowRankOptimizer`.
+
+    Notes
+    -----
+    Per step and layer: cost ``O((m + n) r² + r³)``; the rank of every layer after each
+    step is appended to :attr:`rank_history`. The step uses the projected gradients
+    accumulated since the last :meth:`zero_grad` (gradient accumulation works: they are
+    linear in ``G``) and clears them.
+    """
+
+    def __init__(
+        self,
+        model_or_layers: nn.Module | Any,
+        lr: float = 1e-3,
+        *,
+        tau: float = 0.1,
+        max_rank: int = 32,
+        min_rank: int = 1,
+        truncate_every: int = 1,
+        momentum: float = 0.0,
+        precondition: str = "none",
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        nan_policy: str = "skip",
+        record_history: bool = True,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "tau": tau,
+            "max_rank": max_rank,
+            "min_rank": min_rank,
+            "momentum": momentum,
+            "precondition": precondition,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+        }
+        _validate_group(defaults)
+        self.truncate_every = _check_int("truncate_every", truncate_every, 1)
+        super().__init__(
+            model_or_layers, defaults, nan_policy=nan_policy, record_history=record_history
+        )
+        for g in self.param_groups:
+            _validate_group(g)
+
+    # ------------------------------------------------------------------ rules
+    def _rule(
+        self, group: dict[str, Any], cap: int, truncate: bool, dtype: torch.dtype
+    ) -> RankRule:
+        cap = max(int(cap), 1)
+        lo = min(int(group["min_rank"]), cap)
+        tol = float(group["tau"]) if truncate else 100.0 * torch.finfo(dtype).eps
+        return RankRule(rtol=tol, min_rank=lo, max_rank=cap)
+
+    def _truncating(self, step: int) -> bool:
+        return step % self.truncate_every == 0
+
+    # ------------------------------------------------------------------ update
+    def _compute_update(
+        self,
+        layer: nn.Module,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        pg: Any,
+        global_step: int,
+    ) -> tuple[Any, dict[str, Any]]:
+        if isinstance(layer, TuckerModule):
+            return self._tucker_update(layer, group, state, pg, global_step)
+        point: FixedRankPoint = layer.point()  # type: ignore[operator]
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        beta = float(group["momentum"])
+        k = int(state.get("step", 0)) + 1
+        point = FixedRankPoint(point.U, decay_coefficients(point.S, lr, wd), point.V)
+        new_state: dict[str, Any] = {"step": k}
+        mom_old = None
+        if "momentum_GV" in state:
+            mom_old = ProjectedGradients(
+                state["momentum_GV"], state["momentum_UtGV"], state["momentum_GtU"]
+            )
+        mom: ProjectedGradients | None = None
+        if group["precondition"] == "none":
+            if beta > 0:
+                mom = (
+                    pg
+                    if mom_old is None
+                    else ProjectedGradients(*(beta * o + g for o, g in zip(mom_old, pg)))
+                )
+                direction = mom
+            else:
+                direction = pg
+            h = lr
+        else:
+            b2, eps = float(group["beta2"]), float(group["eps"])
+            g2 = tangent_norm_sq(pg)
+            v = state.get("exp_avg_sq")
+            v = (1 - b2) * g2 if v is None else b2 * v + (1 - b2) * g2
+            new_state["exp_avg_sq"] = v
+            if beta > 0:
+                mom = ProjectedGradients(
+                    *(
+                        (1 - beta) * g if mom_old is None else beta * o + (1 - beta) * g
+                        for o, g in zip(mom_old if mom_old is not None else pg, pg)
+                    )
+                )
+                bc1 = 1.0 - beta**k
+                direction = ProjectedGradients(*(t / bc1 for t in mom))
+            else:
+                direction = pg
+            denom = math.sqrt(float(v) / (1.0 - b2**k)) + eps
+            h = lr / denom if denom > 0 else 0.0
+        m, n = layer.matrix_shape  # type: ignore[attr-defined]
+        cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]
+        rule = self._rule(group, cap, self._truncating(global_step), point.S.dtype)
+        res = parallel(point, direction, h, rule)
+        if mom is not None:
+            # projection vector transport of the momentum to the new tangent space
+            t = transport_tangent(mom, point, res.point)
+            new_state["momentum_GV"], new_state["momentum_UtGV"], new_state["momentum_GtU"] = t
+        return res.point, new_state
+
+    def _tucker_update(
+        self,
+        layer: TuckerModule,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        pg: TuckerProjectedGradients,
+        global_step: int,
+    ) -> tuple[TuckerPoint, dict[str, Any]]:
+        point = layer.point()
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        beta = float(group["momentum"])
+        k = int(state.get("step", 0)) + 1
+        core = decay_coefficients(point.core, lr, wd)
+        new_state: dict[str, Any] = {"step": k}
+        # Momentum of Tucker layers is core state (coordinates in the current bases),
+        # transported by M ← M ×_k (U_k,newᵀ U_k,old).
+        mom_core = state.get("momentum_core")
+        mom: torch.Tensor | None = None
+        if group["precondition"] == "none":
+            if beta > 0:
+                mom = pg.core if mom_core is None else beta * mom_core + pg.core
+                direction = TuckerProjectedGradients(mom, pg.partials)
+            else:
+                direction = pg
+            h = lr
+        else:
+            b2, eps = float(group["beta2"]), float(group["eps"])
+            g2 = _tucker_norm_sq(pg, layer.full_modes)
+            v = state.get("exp_avg_sq")
+            v = (1 - b2) * g2 if v is None else b2 * v + (1 - b2) * g2
+            new_state["exp_avg_sq"] = v
+            if beta > 0:
+                mom = (
+                    (1 - beta) * pg.core
+                    if mom_core is None
+                    else (beta * mom_core + (1 - beta) * pg.core)
+                )
+                bc1 = 1.0 - beta**k
+                direction = TuckerProjectedGradients(
+                    mom / bc1, tuple((1 - beta) * p / bc1 for p in pg.partials)
+                )
+            else:
+                direction = pg
+            denom = math.sqrt(float(v) / (1.0 - b2**k)) + eps
+            h = lr / denom if denom > 0 else 0.0
+        truncate = self._truncating(global_step)
+        rules: list[RankRule | None] = []
+        for j, dim in enumerate(layer.dims):
+            if j in layer.full_modes:
+                rules.append(None)
+            else:
+                cap = min(int(group["max_rank"]), int(layer.max_ranks[j]), dim)
+                rules.append(self._rule(group, cap, truncate, core.dtype))
+        res = tucker_parallel(
+            TuckerPoint(core, point.factors), direction, h, rules, full_modes=layer.full_modes
+        )
+        if mom is not None:
+            new_state["momentum_core"] = transport_core_tucker(mom, res.transitions)
+        return res.point, new_state
