@@ -14,6 +14,7 @@ Build (warnings are errors, as in CI)::
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ autosummary_imported_members = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
-autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False  # e.g. torch.autograd.Function.forward's own docs
 autodoc_default_options = {"show-inheritance": True}
 
 napoleon_google_docstring = False
@@ -115,3 +116,17 @@ html_theme_options = {
     "fixed_sidebar": True,
 }
 myst_heading_anchors = 3
+
+
+def _drop_type_docstrings(app, what, name, obj, options, lines):  # noqa: ARG001
+    """Module-level data without a docstring would show its *type's* docstring (e.g.
+    ``dict``'s), which is not reStructuredText; show nothing instead."""
+    if what not in ("data", "attribute") or not lines:
+        return
+    type_doc = inspect.getdoc(type(obj))
+    if type_doc and lines[0].strip() == type_doc.strip().splitlines()[0].strip():
+        lines.clear()
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _drop_type_docstrings)

@@ -19,7 +19,14 @@ import pkgutil
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["LAYER_ORDER", "api_entries", "public_names", "subpackages", "write_api_pages"]
+__all__ = [
+    "LAYER_ORDER",
+    "api_entries",
+    "public_names",
+    "reexports",
+    "subpackages",
+    "write_api_pages",
+]
 
 LAYER_ORDER = (
     "linalg",
@@ -71,10 +78,44 @@ def _submodules(module: ModuleType) -> list[ModuleType]:
     return out
 
 
+def _home(obj: object) -> str | None:
+    """Module that defines ``obj`` (``None`` for plain data)."""
+    mod = getattr(obj, "__module__", None)
+    return mod if isinstance(mod, str) and callable(obj) else None
+
+
+def reexports(fullname: str) -> list[tuple[str, str]]:
+    """Names of ``fullname.__all__`` defined in *another* subpackage: ``(name, target)``.
+
+    They are documented once, on the page of the subpackage that defines them (two
+    descriptions of one object would be a Sphinx "duplicate object" warning).
+    """
+    module = importlib.import_module(fullname)
+    out = []
+    for name in public_names(module):
+        home = _home(getattr(module, name, None))
+        if home and home != fullname and not home.startswith(fullname + "."):
+            out.append((name, _documented_name(home, name)))
+    return out
+
+
+def _documented_name(home: str, name: str) -> str:
+    """Where :func:`api_entries` documents an object defined in module ``home``."""
+    parts = home.split(".")
+    pkg = ".".join(parts[:2])  # manifold_lowrank.<subpackage>
+    try:
+        if name in public_names(importlib.import_module(pkg)):
+            return f"{pkg}.{name}"
+    except ImportError:  # pragma: no cover
+        pass
+    return f"{home}.{name}"
+
+
 def api_entries(fullname: str) -> list[tuple[str, list[str]]]:
     """``[(module, names), ...]`` documented on the page of subpackage ``fullname``."""
     module = importlib.import_module(fullname)
-    exported = public_names(module)
+    skip = {name for name, _ in reexports(fullname)}
+    exported = [n for n in public_names(module) if n not in skip]
     seen = {id(getattr(module, n, None)) for n in exported} | set(exported)
     entries = [(fullname, exported)]
     for sub in _submodules(module):
@@ -106,6 +147,10 @@ def _page(short: str, fullname: str) -> str:
         "   :no-members:",
         "",
     ]
+    again = reexports(fullname)
+    if again:
+        refs = ", ".join(f":py:obj:`~{target}`" for _, target in again)
+        lines += [f"Also importable from ``{fullname}`` (documented where defined): {refs}.", ""]
     for modname, names in api_entries(fullname):
         if not names:
             continue
@@ -148,10 +193,17 @@ def write_api_pages(outdir: str | Path, package: str = "manifold_lowrank") -> li
         "",
     ]
     written.append(_write(out / "index.rst", "\n".join(index)))
+    # Remove pages and autosummary stubs ("<module>.<name>.rst") that no longer
+    # correspond to a public name: a stale stub would be an orphan page (a warning).
     keep = {p.name for p in written}
+    keep |= {
+        f"{modname}.{name}.rst"
+        for short in pages
+        for modname, names in api_entries(f"{package}.{short}")
+        for name in names
+    }
     for stale in out.glob("*.rst"):
-        # autosummary stubs are named "<module>.<name>.rst"; package pages have no dot.
-        if stale.name not in keep and stale.stem.count(".") == 0:
+        if stale.name not in keep:
             stale.unlink()
     return written
 

@@ -105,9 +105,14 @@ class GeoLoRACallback(TrainerCallback):
         if not self.log_ranks or self.geolora is None or logs is None:
             return
         ranks = [r for r in self.geolora.ranks().values() if isinstance(r, int)]
-        logs["adapter_params"] = self.geolora.num_adapter_parameters()
+        extra: dict[str, Any] = {"adapter_params": self.geolora.num_adapter_parameters()}
         if ranks:
-            logs["mean_rank"] = sum(ranks) / len(ranks)
+            extra["mean_rank"] = sum(ranks) / len(ranks)
+        logs.update(extra)
+        # the Trainer copied `logs` into the history before calling callbacks
+        history = getattr(state, "log_history", None)
+        if history:
+            history[-1].update(extra)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.num_steps == 0:

@@ -140,7 +140,7 @@ def _run_info(config: dict[str, Any], ctx: Context) -> int:
 
 # --------------------------------------------------------------------------- demo
 DEMO_SIZES = {  # (m, n, rank, steps) of the default and of --quick
-    "default": (400, 300, 8, 400),
+    "default": (300, 200, 6, 300),
     "quick": (60, 40, 3, 40),
 }
 
@@ -218,10 +218,10 @@ COMMANDS: dict[str, Command] = {
         (
             Option("task", choice("completion", "approximation", "all"), "all", "problem", "T"),
             Option("methods", method_list, None, "comma-separated methods (see 'info')", "A,B"),
-            Option("m", positive_int, None, "rows (default 400; quick 60)", "M"),
-            Option("n", positive_int, None, "columns (default 300; quick 40)", "N"),
-            Option("rank", positive_int, None, "rank r (default 8; quick 3)", "R"),
-            Option("steps", positive_int, None, "optimizer steps (default 400; quick 40)", "K"),
+            Option("m", positive_int, None, "rows (default 300; quick 60)", "M"),
+            Option("n", positive_int, None, "columns (default 200; quick 40)", "N"),
+            Option("rank", positive_int, None, "rank r (default 6; quick 3)", "R"),
+            Option("steps", positive_int, None, "optimizer steps (default 300; quick 40)", "K"),
             Option("sample_rate", fraction, 0.3, "completion: observed fraction p", "P"),
             Option("cond", positive_float, 10.0, "condition number of the target", "C"),
             Option("noise", nonneg_float, 0.1, "approximation: relative noise level", "E"),
@@ -233,6 +233,7 @@ COMMANDS: dict[str, Command] = {
         "method, started from the same point with the same step budget.",
     ),
 }
+"""The subcommands, by name. A new subcommand is one more :class:`Command` entry."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -218,6 +218,71 @@ def run_svd(config: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _run_fixed_rank(
+    config: Mapping[str, Any], name: str, make_optimizer: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """Optimize a packed :class:`~manifold_lowrank.manifolds.FixedRank` parameter."""
+    import geoopt
+
+    from manifold_lowrank.manifolds import FixedRank
+
+    problem = _problem(config)
+    m, n = problem.target.shape
+    manifold = FixedRank(m, n, problem.rank)
+    x = geoopt.ManifoldParameter(manifold.pack(problem.start).clone(), manifold=manifold)
+    opt = make_optimizer(x)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        # Autograd gives the factor gradients [∂U; ∂S; ∂V] of the packed tensor; the
+        # optimizer turns them into the Riemannian gradient (egrad2rgrad).
+        problem.loss(manifold.embed(x)).backward()
+        opt.step()
+
+    result = _optimize(config, name, step, lambda: manifold.embed(x.detach()), problem)
+    u, _, v = manifold.unpack(x.detach())
+    result["orth_error"] = _orth_error(u, v)
+    return result
+
+
+@register(
+    "fixedrank-rsgd",
+    group="demo",
+    description="ours: FixedRank + manifold_lowrank.optim.RiemannianSGD (lr 0.5)",
+    requires=("geoopt",),
+)
+def run_fixedrank_rsgd(config: Mapping[str, Any]) -> dict[str, Any]:
+    from manifold_lowrank.optim import RiemannianSGD
+
+    return _run_fixed_rank(config, "fixedrank-rsgd", lambda x: RiemannianSGD([x], lr=0.5))
+
+
+@register(
+    "fixedrank-radam",
+    group="demo",
+    description="ours: FixedRank + manifold_lowrank.optim.RiemannianAdam (lr 0.03)",
+    requires=("geoopt",),
+)
+def run_fixedrank_radam(config: Mapping[str, Any]) -> dict[str, Any]:
+    from manifold_lowrank.optim import RiemannianAdam
+
+    return _run_fixed_rank(config, "fixedrank-radam", lambda x: RiemannianAdam([x], lr=0.03))
+
+
+@register(
+    "fixedrank-geoopt-radam",
+    group="demo",
+    description="FixedRank + geoopt.optim.RiemannianAdam (lr 0.03): geoopt's own optimizer",
+    requires=("geoopt",),
+)
+def run_fixedrank_geoopt_radam(config: Mapping[str, Any]) -> dict[str, Any]:
+    import geoopt
+
+    return _run_fixed_rank(
+        config, "fixedrank-geoopt-radam", lambda x: geoopt.optim.RiemannianAdam([x], lr=0.03)
+    )
+
+
 @register(
     "geoopt-stiefel",
     group="demo",

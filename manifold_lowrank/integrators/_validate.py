@@ -14,6 +14,16 @@ from manifold_lowrank.manifolds.types import FixedRankPoint, ProjectedGradients
 __all__: list[str] = []
 
 
+def finite(name: str, *tensors: torch.Tensor) -> None:
+    """Like :func:`~manifold_lowrank.linalg.check_finite` with a single host sync."""
+    if not tensors:
+        return
+    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    if not bool(ok):
+        check_finite(name, *tensors)
+        raise FloatingPointError(f"{name} contains NaN or Inf; nothing was modified")
+
+
 def check_step_size(h: Any, name: str = "h") -> float:
     """Return ``h`` as a Python float; finite and ``>= 0`` or ``ValueError``."""
     if isinstance(h, torch.Tensor):
@@ -83,7 +93,7 @@ def check_point(point: Any, name: str = "point") -> FixedRankPoint:
         )
     if not (u.device == s.device == v.device):
         raise ValueError(f"{name}: U, S, V must live on one device")
-    check_finite(name, u, s, v)
+    finite(name, u, s, v)
     return FixedRankPoint(u, s, v)
 
 
@@ -113,7 +123,7 @@ def check_pg(pg: Any, point: FixedRankPoint, name: str = "pg") -> ProjectedGradi
             )
         if t.dtype != point.U.dtype:
             raise TypeError(f"{name}.{label} has dtype {t.dtype}, the point {point.U.dtype}")
-    check_finite(name, gv, utgv, gtu)
+    finite(name, gv, utgv, gtu)
     return ProjectedGradients(gv, utgv, gtu)
 
 

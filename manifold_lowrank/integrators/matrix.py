@@ -41,9 +41,11 @@ e.g. a momentum of ``S``), ``M Z Nᵀ = U_newᵀ X V_new`` are the coordinates o
 orthogonal projection of ``X`` onto ``span(U_new) ⊗ span(V_new)``. This is exact
 (no information lost) when the new bases contain the old ones, as after
 :func:`augment` where ``M = N = [I; 0]`` exactly; after a truncation it drops the
-discarded directions. Basis-side quantities transform as ``X_U ↦ M X_U`` for
-``r_old × …`` coefficient blocks. Transitions compose by multiplication:
-``truncate(augment(·)) `` has ``M = M_trunc @ M_aug``.
+discarded directions. A basis-side block ``B`` (``X = U_old B``, ``B`` of size
+``r_old × k``) transforms as ``B ↦ M B`` (coordinates of ``U_new U_newᵀ X``). Transitions
+compose by multiplication: augment → truncate has ``M = M_trunc @ M_aug``. The
+``singular_values`` of rank-adaptive steps are those of the whole pre-truncation core,
+for :class:`~manifold_lowrank.integrators.GlobalBudget`.
 
 Rank rule
 ---------
@@ -54,7 +56,19 @@ discarded value, so ``r₁ = 2r`` is reachable — then clamped to
 ``[min_rank, max_rank]``. The DLRT/GeoLoRA research code instead sums
 ``σ_{j: 2r−1}`` (it leaves out the last value) and falls back to the old rank when no
 index qualifies; we do not reproduce that. The Frobenius error of the truncation is
-exactly the tail norm.
+exactly the tail norm. Truncation errors of successive steps add up over the ``T/h``
+steps (the error bounds of the adaptive integrators contain ``ϑ/h``), so for ODE
+accuracy choose the per-step tolerance proportional to ``h``.
+
+Step size and bad input
+-----------------------
+``h`` must be a finite number ``≥ 0`` (``ValueError`` naming ``h`` otherwise; to run
+time backwards negate the vector field). ``h = 0`` returns the same matrix (rank-adaptive
+methods still truncate). Non-finite projected gradients, oracle outputs or core
+gradients raise ``FloatingPointError`` naming the source, and a step whose result is
+not finite (step size too large) raises ``FloatingPointError`` as well; inputs are
+never modified, so the caller's point is intact after any error. Mismatched shapes
+raise ``ValueError`` naming the argument (``pg.GV``, ``point.S``, …).
 """
 
 from __future__ import annotations
@@ -70,12 +84,12 @@ from manifold_lowrank.integrators._validate import (
     check_rank_rule,
     check_square_point,
     check_step_size,
+    finite,
 )
-from manifold_lowrank.integrators.oracles import as_oracle, project
+from manifold_lowrank.integrators.oracles import as_oracle, initial_projection, project
 from manifold_lowrank.linalg import (
     RankRule,
     augment_basis,
-    check_finite,
     orthonormalize,
     qr_signfix,
     select_rank,
@@ -228,7 +242,7 @@ def _run_galerkin(
         if not isinstance(g, torch.Tensor) or tuple(g.shape) != shape:
             got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
             raise ValueError(f"core_grad must return a tensor of shape {shape}, got {got}")
-        check_finite("the core gradient", g)
+        finite("the core gradient", g)
         return g
 
     if optimizer is None:
@@ -250,7 +264,7 @@ def _run_galerkin(
 
 
 def _finish(name: str, point: FixedRankPoint) -> FixedRankPoint:
-    check_finite(f"the result of {name} (is the step size too large?)", *point)
+    finite(f"the result of {name} (is the step size too large?)", *point)
     return point
 
 
@@ -347,7 +361,7 @@ def augment(
         raise ValueError("augment needs the step size h when substeps > 1")
     point, oracle, hh, substeps = _prepare(point, grad, 0.0 if h is None else h, substeps)
     check_square_point(point)
-    return _augment(point, oracle, project(oracle, point), hh, substeps)
+    return _augment(point, oracle, initial_projection(oracle, grad, point), hh, substeps)
 
 
 def _augment(
@@ -454,7 +468,7 @@ def ksl(
     point, oracle, h, substeps = _prepare(point, grad, h, substeps)
     check_square_point(point)
     u0, s0, v0 = point
-    pg0 = project(oracle, point)
+    pg0 = initial_projection(oracle, grad, point)
     _, dk = _k_increment(oracle, point, pg0, h, substeps)
     u1, s_hat = qr_signfix(u0 @ s0 + dk)
     dt = h / substeps
@@ -511,7 +525,7 @@ def bug(
     check_square_point(point)
     core_steps = check_positive_int(substeps if core_steps is None else core_steps, "core_steps")
     u0, s0, v0 = point
-    pg0 = project(oracle, point)
+    pg0 = initial_projection(oracle, grad, point)
     _, dk = _k_increment(oracle, point, pg0, h, substeps)
     _, dl = _l_increment(oracle, point, pg0, h, substeps)
     u1 = orthonormalize(u0 @ s0 + dk)
@@ -569,7 +583,7 @@ def augmented_bug(
     check_square_point(point)
     rule = check_rank_rule(rank_rule)
     core_steps = check_positive_int(substeps if core_steps is None else core_steps, "core_steps")
-    pg0 = project(oracle, point)
+    pg0 = initial_projection(oracle, grad, point)
     aug = _augment(point, oracle, pg0, h, substeps)
     s1 = _run_galerkin(aug.point, _core_grad_source(core_grad, oracle), h, core_steps, optimizer)
     full = _finish("augmented_bug", FixedRankPoint(aug.point.U, s1, aug.point.V))
@@ -635,7 +649,7 @@ def parallel(
     point, oracle, h, substeps = _prepare(point, grad, h, substeps)
     rule = check_rank_rule(rank_rule)
     u, s, v = point
-    pg0 = project(oracle, point)
+    pg0 = initial_projection(oracle, grad, point)
     dir_k, dk = _k_increment(oracle, point, pg0, h, substeps)
     dir_l, dl = _l_increment(oracle, point, pg0, h, substeps)
     if substeps == 1:

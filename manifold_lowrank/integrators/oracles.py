@@ -57,8 +57,8 @@ from manifold_lowrank.integrators._tensor import (
     tucker_to_dense,
     unfold,
 )
-from manifold_lowrank.integrators._validate import check_callable, check_pg
-from manifold_lowrank.linalg import check_finite, qr_signfix
+from manifold_lowrank.integrators._validate import check_callable, check_pg, finite
+from manifold_lowrank.linalg import qr_signfix
 from manifold_lowrank.manifolds.types import (
     FixedRankPoint,
     ProjectedGradients,
@@ -288,8 +288,21 @@ class TuckerFrozenTangentOracle:
                     f"pg.partials[{k}] must have shape {tuple(exp)}, "
                     f"got {tuple(pg.partials[k].shape)}"
                 )
-        check_finite("pg", pg.core, *pg.partials)
+        finite("pg", pg.core, *pg.partials)
         self.point = point
+        self.pg = pg
+        self._terms: list[tuple[torch.Tensor, list[torch.Tensor]]] | None = None
+
+    @property
+    def terms(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The ``d + 1`` Tucker terms of ``P_T G`` (computed on first use)."""
+        if self._terms is None:
+            self._terms = self._build_terms()
+        return self._terms
+
+    def _build_terms(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        core, factors, pg = self.point.core, tuple(self.point.factors), self.pg
+        d = len(factors)
         terms: list[tuple[torch.Tensor, list[torch.Tensor]]] = [(pg.core, list(factors))]
         for i in range(d):
             q, _ = qr_signfix(unfold(core, i).transpose(0, 1))  # (∏ r_j, k_i)
@@ -301,7 +314,7 @@ class TuckerFrozenTangentOracle:
             fs = list(factors)
             fs[i] = w
             terms.append((dcore, fs))
-        self.terms = terms
+        return terms
 
     def project(self, point: TuckerPoint) -> TuckerProjectedGradients:
         bases = tuple(point.factors)
@@ -347,6 +360,14 @@ def as_oracle(grad: Any, point: FixedRankPoint | TuckerPoint) -> Any:
     )
 
 
+def initial_projection(oracle: Any, grad: Any, point: FixedRankPoint | TuckerPoint) -> Any:
+    """Projections at ``point`` itself: ``grad`` if it already is one (validated when the
+    frozen oracle was built), else one oracle call."""
+    if isinstance(grad, (ProjectedGradients, TuckerProjectedGradients)):
+        return grad
+    return project(oracle, point)
+
+
 def project(oracle: Any, point: FixedRankPoint | TuckerPoint) -> Any:
     """Call ``oracle.project(point)`` and check the shapes and finiteness of the result.
 
@@ -376,7 +397,7 @@ def project(oracle: Any, point: FixedRankPoint | TuckerPoint) -> Any:
                     f"oracle returned partials[{k}] of shape {tuple(p.shape)}, "
                     f"expected {tuple(exp)}"
                 )
-        check_finite("the gradient returned by the oracle", out.core, *out.partials)
+        finite("the gradient returned by the oracle", out.core, *out.partials)
         return out
     if not isinstance(out, tuple) or len(out) != 3:
         raise TypeError(f"oracle.project must return ProjectedGradients, got {type(out).__name__}")

@@ -47,10 +47,11 @@ from manifold_lowrank.integrators._validate import (
     check_positive_int,
     check_rank_rule,
     check_step_size,
+    finite,
 )
 from manifold_lowrank.integrators.matrix import OptimizerFactory, _new_directions
-from manifold_lowrank.integrators.oracles import as_oracle, project
-from manifold_lowrank.linalg import RankRule, check_finite, orthonormalize, qr_signfix, select_rank
+from manifold_lowrank.integrators.oracles import as_oracle, initial_projection, project
+from manifold_lowrank.linalg import RankRule, orthonormalize, qr_signfix, select_rank
 from manifold_lowrank.manifolds.types import TuckerPoint, TuckerProjectedGradients
 
 __all__ = [
@@ -119,7 +120,7 @@ def _check_tucker_point(point: Any, name: str = "point") -> TuckerPoint:
             raise ValueError(f"{name}.factors[{k}] has more columns than rows: {tuple(f.shape)}")
         if f.dtype != core.dtype or f.device != core.device:
             raise TypeError(f"{name}.factors[{k}] must match the core's dtype and device")
-    check_finite(name, core, *factors)
+    finite(name, core, *factors)
     return TuckerPoint(core, factors)
 
 
@@ -172,7 +173,7 @@ def _prepare(point: Any, grad: Any, h: Any, substeps: int, full_modes: Any):
 
 
 def _finish(name: str, point: TuckerPoint) -> TuckerPoint:
-    check_finite(f"the result of {name} (is the step size too large?)", point.core, *point.factors)
+    finite(f"the result of {name} (is the step size too large?)", point.core, *point.factors)
     return point
 
 
@@ -242,7 +243,7 @@ def _run_galerkin(
         if not isinstance(g, torch.Tensor) or tuple(g.shape) != shape:
             got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
             raise ValueError(f"core_grad must return a tensor of shape {shape}, got {got}")
-        check_finite("the core gradient", g)
+        finite("the core gradient", g)
         return g
 
     if optimizer is None:
@@ -383,7 +384,7 @@ def tucker_augment(
     point, oracle, hh, substeps, full = _prepare(
         point, grad, 0.0 if h is None else h, substeps, full_modes
     )
-    res, _ = _augment(point, oracle, project(oracle, point), hh, substeps, full)
+    res, _ = _augment(point, oracle, initial_projection(oracle, grad, point), hh, substeps, full)
     return res
 
 
@@ -436,7 +437,7 @@ def tucker_bug(
                 f"point.core has an invalid multilinear rank {tuple(core.shape)}: "
                 f"r_{i} must be <= the product of the other ranks"
             )
-    pg0 = project(oracle, point)
+    pg0 = initial_projection(oracle, grad, point)
     new_factors = list(factors)
     trans: list[torch.Tensor] = []
     c0 = core
@@ -486,7 +487,7 @@ def tucker_augmented_bug(
     point, oracle, h, substeps, full = _prepare(point, grad, h, substeps, full_modes)
     rules = _check_rules(rank_rule, point.core.dim(), full)
     core_steps = check_positive_int(substeps if core_steps is None else core_steps, "core_steps")
-    aug, _ = _augment(point, oracle, project(oracle, point), h, substeps, full)
+    aug, _ = _augment(point, oracle, initial_projection(oracle, grad, point), h, substeps, full)
     c1 = _run_galerkin(aug.point, _core_grad_source(core_grad, oracle), h, core_steps, optimizer)
     full_point = _finish("tucker_augmented_bug", TuckerPoint(c1, aug.point.factors))
     if rules is None:
@@ -519,7 +520,7 @@ def tucker_parallel(
     core, factors = point
     d = core.dim()
     rules = _check_rules(rank_rule, d, full)
-    pg0 = project(oracle, point)
+    pg0 = initial_projection(oracle, grad, point)
     aug, extra = _augment(point, oracle, pg0, h, substeps, full)
     if substeps == 1:
         c_bar = core - h * pg0.core

@@ -162,7 +162,9 @@ class LowRankManifold(geoopt.Manifold, metaclass=abc.ABCMeta):
         """``proju(x, z)`` for a Gaussian packed ``z`` (not normalised)."""
         self._check_tensor(x, "x")
         z = torch.randn(
-            x.shape, dtype=x.dtype, device=generator.device if generator else x.device,
+            x.shape,
+            dtype=x.dtype,
+            device=generator.device if generator else x.device,
             generator=generator,
         ).to(x.device)
         return self.proju(x, z)
@@ -213,9 +215,7 @@ class LowRankManifold(geoopt.Manifold, metaclass=abc.ABCMeta):
 
     expmap_transp = retr_transp
 
-    def transp_follow_retr(
-        self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor
-    ) -> torch.Tensor:
+    def transp_follow_retr(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``transp(x, retr(x, u), v)``."""
         return self.retr_transp(x, u, v)[1]
 

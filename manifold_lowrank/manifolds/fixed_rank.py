@@ -61,22 +61,58 @@ def _check_size(value: object, name: str, low: int, high: int | None = None) -> 
     return v
 
 
-def _complement_qr(U: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``P = Q R`` with ``Q`` orthonormal **and** ``UᵀQ = 0`` to machine precision.
+def _axpy_mm(
+    out: torch.Tensor,
+    base: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    alpha: float = 1.0,
+) -> None:
+    """``out ← base + alpha · a @ b`` written in place into ``out`` (a packed block view).
 
-    ``P`` is assumed orthogonal to ``U`` (a tangent block). A sign-fixed QR of ``P``
-    alone gives ``Q ⟂ U`` when ``P`` is well conditioned; when ``P`` is (nearly) rank
-    deficient the columns of ``Q`` belonging to the ~0 rows of ``R`` are arbitrary and
-    need not be orthogonal to ``U`` (Manopt PR #20). Then (detected by one ``r × r``
-    product, so the common case costs one QR) ``Q`` is re-orthogonalised against ``U``
-    and re-factored: ``Q − U(UᵀQ) = Q₂R₂``, ``R ← R₂R``. Cost ``O(m r²)``.
+    Writing into the packed output avoids one temporary and one copy per block; the
+    products are tall-skinny, so these passes over ``m × r`` data dominate the cost.
     """
-    Q, R = qr_signfix(P)
+    if out.dim() == 2 and a.dim() == 2 and b.dim() == 2 and (base is None or base.dim() == 2):
+        if base is None:
+            torch.mm(a, b, out=out)
+            if alpha != 1.0:
+                out.mul_(alpha)
+        else:
+            torch.addmm(base, a, b, alpha=alpha, out=out)
+    elif base is None:
+        out.copy_(torch.matmul(a, b).mul_(alpha) if alpha != 1.0 else torch.matmul(a, b))
+    else:
+        torch.add(base, torch.matmul(a, b), alpha=alpha, out=out)
+
+
+def _complement_qr(
+    U: torch.Tensor, P: torch.Tensor, what: str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``P = U A + Q R`` with ``Q`` orthonormal, ``UᵀQ = 0`` to machine precision.
+
+    Returns ``(Q, R, A)``, ``A = UᵀP`` (``r × r``; zero up to rounding for a tangent
+    block). Householder QR ``P = Q R`` alone gives ``‖UᵀQ‖ ≲ ε κ(P)`` (backward
+    stability): when ``P`` is ill conditioned or rank deficient the columns of ``Q``
+    belonging to the ~0 part of ``R`` need not be orthogonal to ``U`` (Manopt PR #20),
+    and a non-tangent ``P`` (geoopt's first momentum step passes the raw gradient) has
+    a component in ``range(U)``. Both show in ``C = UᵀQ``; if ``max|C| > 64 ε``, ``Q`` is
+    re-orthogonalised and re-factored, ``Q − UC = Q₂R₂``, so that
+    ``P = U (CR) + Q₂ (R₂R)``. No sign fix: callers use ``Q R`` only (the gauge of the
+    result is fixed by the SVD of the small core), which saves a pass over ``Q``.
+    If ``what`` is given, raises :class:`FloatingPointError` naming it when ``R`` is not
+    finite (NaN/Inf in ``P`` propagates into ``R``). Cost ``O(m r²)`` (one QR and one
+    ``UᵀQ`` product; twice that in the rare re-orthogonalised case).
+    """
+    Q, R = torch.linalg.qr(P)
+    if what is not None:
+        check_finite(what, R)
     C = _t(U) @ Q
+    A = C @ R
     if bool((C.abs() > 64 * torch.finfo(P.dtype).eps).any()):
-        Q2, R2 = qr_signfix(Q - U @ C)
+        Q2, R2 = torch.linalg.qr(Q - U @ C)
         Q, R = Q2, R2 @ R
-    return Q, R
+    return Q, R, A
 
 
 class FixedRank(LowRankManifold):
@@ -93,8 +129,10 @@ class FixedRank(LowRankManifold):
         :meth:`retr_polar`, :meth:`retr_orthographic`, :meth:`retr_ksl`).
     check_finite : bool
         If true (default) :meth:`retr` raises :class:`FloatingPointError` for a
-        non-finite tangent vector (one host synchronisation per call). Disable under
-        ``torch.compile`` or when the host sync matters.
+        non-finite tangent vector. The test runs on the ``r × r`` factors into which
+        any NaN/Inf of the tangent propagates (no pass over ``u``) and costs a host
+        synchronisation. With ``False`` a non-finite tangent gives NaN output or a
+        ``torch.linalg.LinAlgError``.
 
     Notes
     -----
@@ -178,6 +216,16 @@ class FixedRank(LowRankManifold):
             [a.expand(*batch, m, r), b.expand(*batch, r, r), c.expand(*batch, n, r)], dim=-2
         )
 
+    def _alloc(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, FixedRankTangent]:
+        """Uninitialised packed output (batch = broadcast of the inputs' batch shapes)."""
+        batch = torch.broadcast_shapes(*(t.shape[:-2] for t in tensors))
+        t0 = tensors[0]
+        out = torch.empty(*batch, *self.shape, dtype=t0.dtype, device=t0.device)
+        m, r, n = self.m, self.r, self.n
+        return out, FixedRankTangent(
+            out.narrow(-2, 0, m), out.narrow(-2, m, r), out.narrow(-2, m + r, n)
+        )
+
     def pack(self, point: FixedRankPoint | tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Packed ``[U; S; V]`` of shape ``(..., m+r+n, r)`` (allocates)."""
         U, S, V = point
@@ -238,7 +286,11 @@ class FixedRank(LowRankManifold):
         Up, M, Vp = self.unpack_tangent(u)
         UtUp = _t(U) @ Up
         VtVp = _t(V) @ Vp
-        return self._cat(Up - U @ UtUp, M + UtUp + _t(VtVp), Vp - V @ VtVp, "proju")
+        out, (oU, oM, oV) = self._alloc(x, u)
+        _axpy_mm(oU, Up, U, UtUp, -1.0)
+        torch.add(M + UtUp, _t(VtVp), out=oM)
+        _axpy_mm(oV, Vp, V, VtVp, -1.0)
+        return out
 
     def proju_dense(self, x: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
         r"""Packed tangent ``P_T(Z)`` of a dense ``(..., m, n)`` ambient matrix.
@@ -279,7 +331,11 @@ class FixedRank(LowRankManifold):
         self, U: torch.Tensor, V: torch.Tensor, ZV: torch.Tensor, ZtU: torch.Tensor
     ) -> torch.Tensor:
         M = _t(U) @ ZV
-        return self._cat(ZV - U @ M, M, ZtU - V @ _t(M), "projection")
+        out, (oU, oM, oV) = self._alloc(U, ZV, ZtU)
+        _axpy_mm(oU, ZV, U, M, -1.0)
+        oM.copy_(M)
+        _axpy_mm(oV, ZtU, V, _t(M), -1.0)
+        return out
 
     def rgrad_from_projected(self, x: torch.Tensor, pg: ProjectedGradients) -> torch.Tensor:
         r"""Riemannian gradient from the projected gradients ``(GV, UᵀGV, GᵀU)``.
@@ -360,15 +416,15 @@ class FixedRank(LowRankManifold):
             return self.retr_orthographic(x, u)
         return self.retr_ksl(x, u)
 
-    def _prepare_retr(self, x: torch.Tensor, u: torch.Tensor) -> None:
-        self._check_pair(x, u)
+    def _finite(self, block: str, *small: torch.Tensor) -> None:
+        """Raise for a non-finite tangent, checked on small factors it propagates into."""
         if self.check_finite:
-            check_finite("tangent vector u given to retr", u)
+            check_finite(f"tangent vector u given to retr ({block})", *small)
 
     def retr_polar(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r"""Metric-projection retraction: the best rank-``r`` approximation of ``X + ξ``.
 
-        With ``U_p = Q_u R_u``, ``V_p = Q_v R_v`` (sign-fixed QR, with ``Q_u ⟂ U``,
+        With ``U_p = Q_u R_u``, ``V_p = Q_v R_v`` (thin QR, with ``Q_u ⟂ U``,
         ``Q_v ⟂ V`` enforced even for rank-deficient ``U_p``, ``V_p``),
 
         .. math::  X + ξ = [U\ Q_u] \begin{bmatrix} S + M & R_vᵀ \\ R_u & 0\end{bmatrix}
@@ -378,27 +434,43 @@ class FixedRank(LowRankManifold):
         result (``S`` diagonal). Second order; never forms ``m × n``.
         Cost ``O((m + n) r² + r³)``.
 
+        Like every retraction here, a packed ``u`` that is not gauge-fixed
+        (``UᵀU_p ≠ 0`` or ``VᵀV_p ≠ 0``) is read as the tangent vector it represents,
+        ``Z(u) = U M Vᵀ + U_p Vᵀ + U V_pᵀ`` (so ``retr(x, u) = retr(x, proju(x, u))``):
+        geoopt's ``RiemannianSGD`` seeds its momentum with the raw gradient.
+
         Raises
         ------
         FloatingPointError
-            If ``u`` holds NaN/Inf (``x`` is not modified; nothing is).
+            If ``u`` holds NaN/Inf (``x`` is not modified; nothing is). The check is done
+            on the ``r × r`` factors ``S + M``, ``R_u``, ``R_v`` into which any non-finite
+            entry of ``u`` propagates, so it costs no pass over ``u``.
         """
-        self._prepare_retr(x, u)
+        self._check_pair(x, u)
         U, S, V = self.unpack(x)
         Up, M, Vp = self.unpack_tangent(u)
         r = self.r
-        Qu, Ru = _complement_qr(U, Up)
-        Qv, Rv = _complement_qr(V, Vp)
-        batch = torch.broadcast_shapes(S.shape[:-2], M.shape[:-2], Ru.shape[:-2], Rv.shape[:-2])
-        top = torch.cat([(S + M).expand(*batch, r, r), _t(Rv).expand(*batch, r, r)], dim=-1)
+        self._finite("M block", M)  # NaN/Inf in U_p, V_p surface in R_u, R_v (below)
+        chk = self.check_finite
+        what = "tangent vector u given to retr ({} block)"
+        Qu, Ru, Au = _complement_qr(U, Up, what.format("Up") if chk else None)
+        Qv, Rv, Av = _complement_qr(V, Vp, what.format("Vp") if chk else None)
+        SM = S + M + Au + _t(Av)  # Au, Av ≈ 0 for a tangent u
+        batch = torch.broadcast_shapes(SM.shape[:-2], Ru.shape[:-2], Rv.shape[:-2])
+        top = torch.cat([SM.expand(*batch, r, r), _t(Rv).expand(*batch, r, r)], dim=-1)
         bot = torch.cat([Ru.expand(*batch, r, r), torch.zeros_like(top[..., :r])], dim=-1)
         K = torch.cat([top, bot], dim=-2)
         Uk, sk, Vhk = torch.linalg.svd(K, full_matrices=False)
         Uk = Uk[..., :r]
         Vk = _t(Vhk[..., :r, :])
-        U1 = U @ Uk[..., :r, :] + Qu @ Uk[..., r:, :]
-        V1 = V @ Vk[..., :r, :] + Qv @ Vk[..., r:, :]
-        return self._cat(U1, torch.diag_embed(sk[..., :r]), V1, "retr_polar")
+        out, (oU, oS, oV) = self._alloc(x, u)
+        _axpy_mm(oU, None, U, Uk[..., :r, :])
+        _axpy_mm(oU, oU, Qu, Uk[..., r:, :])
+        oS.zero_()
+        torch.diagonal(oS, dim1=-2, dim2=-1).copy_(sk[..., :r])
+        _axpy_mm(oV, None, V, Vk[..., :r, :])
+        _axpy_mm(oV, oV, Qv, Vk[..., r:, :])
+        return out
 
     def retr_orthographic(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r"""Orthographic retraction ``R(X, ξ) = (X+ξ)V\,[Uᵀ(X+ξ)V]^{-1}\,Uᵀ(X+ξ)``.
@@ -406,21 +478,31 @@ class FixedRank(LowRankManifold):
         Factored: with ``Σ = S + M``, ``U' = U + U_p Σ^{-1}``, ``V' = V + V_p Σ^{-ᵀ}``,
         ``R = U' Σ V'ᵀ``; sign-fixed QRs ``U' = Q_a R_a``, ``V' = Q_b R_b`` give
         ``(Q_a, R_a Σ R_bᵀ, Q_b)``. Second order (Absil & Oseledets 2015). Needs
-        ``S + M`` invertible (solved, not inverted). Cost ``O((m + n) r² + r³)``.
+        ``S + M`` invertible: ``Σ^{-1}`` is an ``r × r`` solve against the identity (the
+        only inverse in this class, and only of the small core).
+        Cost ``O((m + n) r² + r³)``. Non-gauged ``u``: see :meth:`retr_polar`
+        (``Σ = S + M + UᵀU_p + V_pᵀV``).
 
         Raises
         ------
         FloatingPointError
             If ``u`` holds NaN/Inf.
         """
-        self._prepare_retr(x, u)
+        self._check_pair(x, u)
         U, S, V = self.unpack(x)
         Up, M, Vp = self.unpack_tangent(u)
-        Sig = S + M
-        Ua = U + torch.linalg.solve(Sig, Up, left=False)
-        Vb = V + torch.linalg.solve(_t(Sig), Vp, left=False)
+        self._finite("M block", M)
+        A = _t(U) @ Up  # gauge components (0 for a tangent u)
+        B = _t(V) @ Vp
+        Sig = S + M + A + _t(B)
+        # (X+Z)V = UΣ + (U_p − UA), Uᵀ(X+Z) = ΣVᵀ + (V_p − VB)ᵀ
+        Wu = torch.linalg.solve(Sig, torch.eye(self.r, dtype=S.dtype, device=S.device), left=False)
+        Ua = U @ (torch.eye(self.r, dtype=S.dtype, device=S.device) - A @ Wu) + Up @ Wu
+        Wv = _t(Wu)
+        Vb = V @ (torch.eye(self.r, dtype=S.dtype, device=S.device) - B @ Wv) + Vp @ Wv
         Qa, Ra = qr_signfix(Ua)
         Qb, Rb = qr_signfix(Vb)
+        self._finite("Up or Vp block", Ra, Rb)  # NaN/Inf in U_p, V_p reach R_a, R_b
         return self._cat(Qa, Ra @ Sig @ _t(Rb), Qb, "retr_orthographic")
 
     def retr_ksl(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -434,21 +516,26 @@ class FixedRank(LowRankManifold):
            ``FᵀU_1 = V (UM + U_p)ᵀU_1 + V_p UᵀU_1``.
 
         Returns ``(U_1, S_1, V_1)``; agrees with ``X + ξ`` to ``O(‖ξ‖²)``.
-        Cost ``O((m + n) r² + r³)``.
+        Cost ``O((m + n) r² + r³)``. Non-gauged ``u``: see :meth:`retr_polar`
+        (then ``FV = U(M + V_pᵀV) + U_p`` and ``FᵀU_1`` gains ``−V (VᵀV_p)(UᵀU_1)``).
 
         Raises
         ------
         FloatingPointError
             If ``u`` holds NaN/Inf.
         """
-        self._prepare_retr(x, u)
+        self._check_pair(x, u)
         U, S, V = self.unpack(x)
         Up, M, Vp = self.unpack_tangent(u)
-        FV = U @ M + Up
+        B = _t(V) @ Vp  # gauge component (0 for a tangent u)
+        FV = U @ (M + _t(B)) + Up
         U1, Sh = qr_signfix(U @ S + FV)
+        self._finite("Up or M block", Sh)  # NaN/Inf in M, U_p reach Ŝ
         St = Sh - _t(U1) @ FV
-        L = V @ _t(St) + V @ (_t(FV) @ U1) + Vp @ (_t(U) @ U1)
+        UtU1 = _t(U) @ U1
+        L = V @ (_t(St) + _t(FV) @ U1 - B @ UtU1) + Vp @ UtU1
         V1, S1t = qr_signfix(L)
+        self._finite("Vp block", S1t)
         return self._cat(U1, _t(S1t), V1, "retr_ksl")
 
     # ------------------------------------------------------------------ transport
@@ -557,9 +644,10 @@ class FixedRank(LowRankManifold):
         smin = sv[..., -1]
         bad = smin <= torch.finfo(x.dtype).eps * self.r * smax
         if bool(bad.any()):
+            ratio = float((smin / smax.clamp_min(1e-300)).min())
             return False, (
-                f"S is numerically singular (σ_min/σ_max = "
-                f"{float((smin / smax.clamp_min(1e-300)).min()):.3g}); the point has rank < {self.r}"
+                f"S is numerically singular (σ_min/σ_max = {ratio:.3g}); "
+                f"the point has rank < {self.r}"
             )
         return True, None
 

@@ -366,7 +366,7 @@ def check_manifold(
         )
 
 
-def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list of checks)
+def _check(manifold: Any, **kw: Any) -> ConformanceReport:
     M = manifold
     dtype: torch.dtype = kw["dtype"]
     seed: int = kw["seed"]
@@ -380,10 +380,16 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
         shape = tuple(s) if isinstance(s, (tuple, list, torch.Size)) else None
     pts_in = kw["points"]
     if pts_in is not None:
-        points = [_plain(p) for p in (pts_in.unbind(0) if isinstance(pts_in, torch.Tensor)
-                                      and shape is not None and pts_in.dim() > len(shape)
-                                      else ([pts_in] if isinstance(pts_in, torch.Tensor)
-                                            else pts_in))]
+        points = [
+            _plain(p)
+            for p in (
+                pts_in.unbind(0)
+                if isinstance(pts_in, torch.Tensor)
+                and shape is not None
+                and pts_in.dim() > len(shape)
+                else ([pts_in] if isinstance(pts_in, torch.Tensor) else pts_in)
+            )
+        ]
         dtype = points[0].dtype
         generated = False
     else:
@@ -445,8 +451,9 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
         elif isinstance(vec_in, torch.Tensor):
             vec_in = [vec_in]
         if len(vec_in) != len(points):
-            raise ValueError(f"give one vector per point: {len(vec_in)} vectors, "
-                             f"{len(points)} points")
+            raise ValueError(
+                f"give one vector per point: {len(vec_in)} vectors, {len(points)} points"
+            )
         us = [_plain(v) for v in vec_in]
     else:
         us = [rand_tangent(x) for x in points]
@@ -513,8 +520,7 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             return
         except _Fail as e:
             report.results.append(
-                CheckResult(check, "failed", e.error, e.tol if e.tol is not None else None,
-                            str(e))
+                CheckResult(check, "failed", e.error, e.tol if e.tol is not None else None, str(e))
             )
             return
         except Exception as e:  # a crash is a failure with the exception named
@@ -539,8 +545,10 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             raise _Skip("points were given by the caller")
         for i, x in enumerate(points):
             if x.dtype != dtype or tuple(x.shape) != tuple(shape):
-                raise _Fail(f"random point {i} has dtype {x.dtype} and shape {tuple(x.shape)}, "
-                            f"expected {dtype} and {tuple(shape)}")
+                raise _Fail(
+                    f"random point {i} has dtype {x.dtype} and shape {tuple(x.shape)}, "
+                    f"expected {dtype} and {tuple(shape)}"
+                )
         return None
 
     def c_vectors() -> None:
@@ -554,48 +562,54 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
 
     def c_fix() -> None:
         for x, u in zip(points, us):
-            ctx.expect(_rel(M.proju(x, u), u),
-                       "proju does not fix tangent vectors: ‖P(ξ) − ξ‖/‖ξ‖")
+            ctx.expect(_rel(M.proju(x, u), u), "proju does not fix tangent vectors: ‖P(ξ) − ξ‖/‖ξ‖")
 
     def c_pres() -> None:
         if not has_embed:
             raise _Skip("no embedding: packed and dense projections coincide")
         for x in points:
             z = ctx.randn(x)
-            ctx.expect(_rel(Et(x, M.proju(x, z)), Pamb(x, Et(x, z))),
-                       "proju disagrees with the dense projection: "
-                       "‖E(P z) − P_amb(E z)‖/‖P_amb(E z)‖")
+            ctx.expect(
+                _rel(Et(x, M.proju(x, z)), Pamb(x, Et(x, z))),
+                "proju disagrees with the dense projection: ‖E(P z) − P_amb(E z)‖/‖P_amb(E z)‖",
+            )
 
     def c_didem() -> None:
         if not has_embed:
             raise _Skip("no embedding: same as proju.idempotent")
         for x in points:
             pz = Pamb(x, ctx.randn(E(x)))
-            ctx.expect(_rel(Pamb(x, pz), pz), "dense projection not idempotent: "
-                       "‖P(P(Z)) − P(Z)‖/‖P(Z)‖")
+            ctx.expect(
+                _rel(Pamb(x, pz), pz), "dense projection not idempotent: ‖P(P(Z)) − P(Z)‖/‖P(Z)‖"
+            )
 
     def c_selfadj() -> None:
         for x in points:
             X = E(x)
             z1, z2 = ctx.randn(X), ctx.randn(X)
             lhs, rhs = _dot(Pamb(x, z1), z2), _dot(z1, Pamb(x, z2))
-            ctx.expect(abs(lhs - rhs) / (_fro(z1) * _fro(z2)),
-                       "projection not self-adjoint: |⟨P Z₁, Z₂⟩ − ⟨Z₁, P Z₂⟩|/(‖Z₁‖‖Z₂‖)")
+            ctx.expect(
+                abs(lhs - rhs) / (_fro(z1) * _fro(z2)),
+                "projection not self-adjoint: |⟨P Z₁, Z₂⟩ − ⟨Z₁, P Z₂⟩|/(‖Z₁‖‖Z₂‖)",
+            )
 
     def c_resid() -> None:
         for x, u in zip(points, us):
             Z = ctx.randn(E(x))
             r = Z - Pamb(x, Z)
             xi = Et(x, u)
-            ctx.expect(abs(_dot(r, xi)) / (_fro(Z) * _fro(xi)),
-                       "projection residual not orthogonal to the tangent space: "
-                       "|⟨Z − P Z, ξ⟩|/(‖Z‖‖ξ‖)")
+            ctx.expect(
+                abs(_dot(r, xi)) / (_fro(Z) * _fro(xi)),
+                "projection residual not orthogonal to the tangent space: |⟨Z − P Z, ξ⟩|/(‖Z‖‖ξ‖)",
+            )
 
     def c_sym() -> None:
         for x, u, v in zip(points, us, vs):
             a, b = _scalar(M.inner(x, u, v)), _scalar(M.inner(x, v, u))
-            ctx.expect(abs(a - b) / (metric_norm(x, u) * metric_norm(x, v)),
-                       "metric not symmetric: |⟨u,v⟩ − ⟨v,u⟩|/(‖u‖‖v‖)")
+            ctx.expect(
+                abs(a - b) / (metric_norm(x, u) * metric_norm(x, v)),
+                "metric not symmetric: |⟨u,v⟩ − ⟨v,u⟩|/(‖u‖‖v‖)",
+            )
 
     def c_bilin() -> None:
         for x, u, v, w in zip(points, us, vs, ws):
@@ -621,9 +635,11 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
         for x, u, v in zip(points, us, vs):
             a = _scalar(M.inner(x, u, v))
             eu, ev = Et(x, u), Et(x, v)
-            ctx.expect(abs(a - _dot(eu, ev)) / (_fro(eu) * _fro(ev)),
-                       "metric differs from the ambient Frobenius one: "
-                       "|⟨u,v⟩_x − ⟨E u, E v⟩_F|/(‖E u‖‖E v‖)")
+            ctx.expect(
+                abs(a - _dot(eu, ev)) / (_fro(eu) * _fro(ev)),
+                "metric differs from the ambient Frobenius one: "
+                "|⟨u,v⟩_x − ⟨E u, E v⟩_F|/(‖E u‖‖E v‖)",
+            )
 
     def c_riesz() -> None:
         for x, u, v in zip(points, us, vs):
@@ -633,22 +649,27 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             for eta in (u, v):
                 lhs = _scalar(M.inner(x, rg, eta))
                 rhs = _dot(G, Et(x, eta))
-                ctx.expect(abs(lhs - rhs) / (_fro(G) * _fro(Et(x, eta))),
-                           "Riemannian gradient fails ⟨grad f, η⟩ = Df(x)[η]: rel. err")
+                ctx.expect(
+                    abs(lhs - rhs) / (_fro(G) * _fro(Et(x, eta))),
+                    "Riemannian gradient fails ⟨grad f, η⟩ = Df(x)[η]: rel. err",
+                )
 
     def c_rgproj() -> None:
         for x in points:
             G, g = grads(x)
             rg = _plain(M.egrad2rgrad(x, g))
-            ctx.expect(_rel(Et(x, rg), Pamb(x, G)),
-                       "egrad2rgrad(factor grads) ≠ projected dense gradient: "
-                       "‖E(grad f) − P(∇f)‖/‖P(∇f)‖")
+            ctx.expect(
+                _rel(Et(x, rg), Pamb(x, G)),
+                "egrad2rgrad(factor grads) ≠ projected dense gradient: ‖E(grad f) − P(∇f)‖/‖P(∇f)‖",
+            )
 
     def c_rzero() -> None:
         for x in points:
             y = M.retr(x, torch.zeros_like(x))
-            ctx.expect(_rel(E(_plain(y)), E(x)), "retraction by zero is not the identity: "
-                       "‖E(R(x,0)) − E(x)‖/‖E(x)‖")
+            ctx.expect(
+                _rel(E(_plain(y)), E(x)),
+                "retraction by zero is not the identity: ‖E(R(x,0)) − E(x)‖/‖E(x)‖",
+            )
 
     def c_ron() -> None:
         for i, (x, u) in enumerate(zip(points, us)):
@@ -676,7 +697,8 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             raise _Fail(
                 f"{what}: fitted log-log slope over t∈[{keep[0][0]:.0e}, {keep[-1][0]:.0e}] is "
                 f"{s:.2f} < {slope_min} (errors {', '.join(f'{e:.1e}' for _, e in keep)})",
-                s, slope_min,
+                s,
+                slope_min,
             )
         return f"slope {s:.2f}"
 
@@ -691,8 +713,11 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             def err(t: float, x=x, uu=uu, X=X, xi=xi) -> float:
                 return _fro(E(_plain(M.retr(x, t * uu))) - X - t * xi)
 
-            notes.append(order_check(err, floor, "retraction is not first order "
-                                     "(‖R(x,tξ) − (x+tξ)‖ should be O(t²))"))
+            notes.append(
+                order_check(
+                    err, floor, "retraction is not first order (‖R(x,tξ) − (x+tξ)‖ should be O(t²))"
+                )
+            )
         return "; ".join(notes)
 
     def c_nan() -> None:
@@ -730,8 +755,13 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
                 with torch.no_grad():
                     return abs(float(f(E(_plain(M.retr(x, t * eta))))) - f0 - t * st)
 
-            notes.append(order_check(err, floor, "gradient check failed "
-                                     "(f(R(x,tη)) − f(x) − t⟨grad f,η⟩ should be O(t²))"))
+            notes.append(
+                order_check(
+                    err,
+                    floor,
+                    "gradient check failed (f(R(x,tη)) − f(x) − t⟨grad f,η⟩ should be O(t²))",
+                )
+            )
         return "; ".join(notes)
 
     def c_ttan() -> None:
@@ -739,8 +769,10 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             y, tv = transport(x, 0.1 * unit(x, u), v)
             tangent_at(y, tv, f"transported vector {i}")
             if not any(s == "proju" or s.startswith("proju.") for s in skip):
-                ctx.expect(_rel(_plain(M.proju(y, tv)), tv),
-                           "transported vector not fixed by proju at y: ‖P_y(Tv) − Tv‖/‖Tv‖")
+                ctx.expect(
+                    _rel(_plain(M.proju(y, tv)), tv),
+                    "transported vector not fixed by proju at y: ‖P_y(Tv) − Tv‖/‖Tv‖",
+                )
 
     def c_tlin() -> None:
         for x, u, v, w in zip(points, us, vs, ws):
@@ -749,8 +781,9 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             _, t1 = transport(x, step, a * v + b * w)
             _, tv = transport(x, step, v)
             _, tw = transport(x, step, w)
-            ctx.expect(_rel(t1, a * tv + b * tw), "transport not linear: "
-                       "‖T(av+bw) − (aTv+bTw)‖/‖aTv+bTw‖")
+            ctx.expect(
+                _rel(t1, a * tv + b * tw), "transport not linear: ‖T(av+bw) − (aTv+bTw)‖/‖aTv+bTw‖"
+            )
 
     def c_tid() -> None:
         for x, v in zip(points, vs):
@@ -758,8 +791,10 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
                 tv = _plain(M.transp(x, x, v))
             except NotImplementedError:
                 tv = _plain(M.transp_follow_retr(x, torch.zeros_like(x), v))
-            ctx.expect(_rel(Et(x, tv), Et(x, v)), "transport to the same point is not the "
-                       "identity: ‖E(T_{x→x} v) − E(v)‖/‖E(v)‖")
+            ctx.expect(
+                _rel(Et(x, tv), Et(x, v)),
+                "transport to the same point is not the identity: ‖E(T_{x→x} v) − E(v)‖/‖E(v)‖",
+            )
 
     def c_trt() -> None:
         for x, u, v in zip(points, us, vs):
@@ -767,8 +802,7 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             y2, tv2 = M.retr_transp(x, step, v)
             y, tv = transport(x, step, v)
             ctx.expect(_rel(E(_plain(y2)), E(y)), "retr_transp point ≠ retr: rel. err")
-            ctx.expect(_rel(Et(y, _plain(tv2)), Et(y, tv)), "retr_transp vector ≠ transp: "
-                       "rel. err")
+            ctx.expect(_rel(Et(y, _plain(tv2)), Et(y, tv)), "retr_transp vector ≠ transp: rel. err")
 
     def c_tnonexp() -> None:
         for x, u, v in zip(points, us, vs):
@@ -781,13 +815,17 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             z = x + 1e-3 * ctx.randn(x)
             p = _plain(M.projx(z))
             on_manifold(p, "projx(z)")
-            ctx.expect(_rel(_plain(M.projx(p)), p), "projx not idempotent: "
-                       "‖projx(projx(z)) − projx(z)‖/‖projx(z)‖")
+            ctx.expect(
+                _rel(_plain(M.projx(p)), p),
+                "projx not idempotent: ‖projx(projx(z)) − projx(z)‖/‖projx(z)‖",
+            )
 
     def c_pid() -> None:
         for x in points:
-            ctx.expect(_rel(_plain(M.projx(x)), x), "projx is not the identity on points "
-                       "(gauge changed?): ‖projx(x) − x‖/‖x‖")
+            ctx.expect(
+                _rel(_plain(M.projx(x)), x),
+                "projx is not the identity on points (gauge changed?): ‖projx(x) − x‖/‖x‖",
+            )
 
     def c_batch() -> None:
         xb = torch.stack(points)
@@ -796,19 +834,30 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
         n = len(points)
 
         def cmp(batched: torch.Tensor, looped: list[torch.Tensor], what: str) -> None:
-            ctx.expect(_rel(_plain(batched), torch.stack([_plain(t) for t in looped])),
-                       f"batched {what} ≠ looped: rel. err")
+            ctx.expect(
+                _rel(_plain(batched), torch.stack([_plain(t) for t in looped])),
+                f"batched {what} ≠ looped: rel. err",
+            )
 
         cmp(M.proju(xb, zb), [M.proju(points[i], zb[i]) for i in range(n)], "proju")
         ib = M.inner(xb, ub, vb)
         il = torch.stack([torch.as_tensor(M.inner(points[i], us[i], vs[i])) for i in range(n)])
         ctx.expect(_rel(ib.reshape(-1), il.reshape(-1).to(ib)), "batched inner ≠ looped: rel. err")
-        step = 0.1 * ub / torch.stack(
-            [torch.tensor(max(metric_norm(points[i], us[i]), 1e-300)) for i in range(n)]
-        ).to(ub).reshape(n, *([1] * (ub.dim() - 1)))
+        step = (
+            0.1
+            * ub
+            / torch.stack(
+                [torch.tensor(max(metric_norm(points[i], us[i]), 1e-300)) for i in range(n)]
+            )
+            .to(ub)
+            .reshape(n, *([1] * (ub.dim() - 1)))
+        )
         yb = _plain(M.retr(xb, step))
-        cmp(torch.stack([E(y) for y in yb]),
-            [E(_plain(M.retr(points[i], step[i]))) for i in range(n)], "retr (embedded)")
+        cmp(
+            torch.stack([E(y) for y in yb]),
+            [E(_plain(M.retr(points[i], step[i]))) for i in range(n)],
+            "retr (embedded)",
+        )
         try:
             tb = _plain(M.transp(xb, yb, vb))
             tl = [M.transp(points[i], yb[i], vs[i]) for i in range(n)]
@@ -817,8 +866,11 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:  # noqa: C901 (a list
             tl = [M.transp_follow_retr(points[i], step[i], vs[i]) for i in range(n)]
         cmp(tb, tl, "transp")
         gs = [grads(x)[1] for x in points]
-        cmp(M.egrad2rgrad(xb, torch.stack(gs)),
-            [M.egrad2rgrad(points[i], gs[i]) for i in range(n)], "egrad2rgrad")
+        cmp(
+            M.egrad2rgrad(xb, torch.stack(gs)),
+            [M.egrad2rgrad(points[i], gs[i]) for i in range(n)],
+            "egrad2rgrad",
+        )
         cmp(M.projx(xb), [M.projx(p) for p in points], "projx")
 
     def c_dim() -> str:

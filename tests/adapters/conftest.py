@@ -135,6 +135,15 @@ def run(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     return out.last_hidden_state
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny matrices: one intra-op thread is fastest (and robust on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
 def case(request: pytest.FixtureRequest) -> Case:
     return request.param

@@ -265,7 +265,7 @@ def test_loralib_style_layer_api():
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert torch.equal(net.fc1.weight, w0)
 

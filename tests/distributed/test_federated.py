@@ -22,7 +22,7 @@ from manifold_lowrank.distributed import (
 from manifold_lowrank.problems import LinearRegression
 
 sys.path.insert(0, os.path.dirname(__file__))
-import _fed_worker  # noqa: E402
+import _fed_worker
 
 F64 = torch.float64
 
@@ -217,7 +217,5 @@ def test_federated_two_processes():
 @pytest.mark.distributed
 def test_federated_four_processes():
     names = ["qgd", "marina", "ef21"]
-    res = launch_local(
-        _fed_worker.federated_worker, 4, (names, STEPS, 99, ["ef21"]), timeout=180
-    )
+    res = launch_local(_fed_worker.federated_worker, 4, (names, STEPS, 99, ["ef21"]), timeout=180)
     _check_run(res, 4, names)

