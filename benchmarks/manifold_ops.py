@@ -258,7 +258,7 @@ def main() -> None:
     print(
         f"  fitted log-log slope = {fit(ns, times):.2f} over all n, "
         f"{fit(ns[half:], times[half:]):.2f} over n >= {ns[half]} "
-        f"(O((m + n) r²) predicts 1; cache effects raise it where blocks leave the cache)"
+        f"(O((m + n) r²) predicts 1; cache effects and machine load move it)"
     )
 
 

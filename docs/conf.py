@@ -49,7 +49,12 @@ extensions = [
     "myst_parser",
 ]
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "auto_tutorials/*.py", "auto_tutorials/*.ipynb"]
+exclude_patterns = [
+    "_build",
+    "**.ipynb_checkpoints",
+    "auto_tutorials/*.py",
+    "auto_tutorials/*.ipynb",
+]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 language = "en"
@@ -118,7 +123,7 @@ html_theme_options = {
 myst_heading_anchors = 3
 
 
-def _drop_type_docstrings(app, what, name, obj, options, lines):  # noqa: ARG001
+def _drop_type_docstrings(app, what, name, obj, options, lines):
     """Module-level data without a docstring would show its *type's* docstring (e.g.
     ``dict``'s), which is not reStructuredText; show nothing instead."""
     if what not in ("data", "attribute") or not lines:

@@ -35,6 +35,7 @@ LAYER_ORDER = (
     "integrators",
     "nn",
     "optim",
+    "checkpoint",
     "adapters",
     "distributed",
     "datasets",
@@ -44,13 +45,11 @@ LAYER_ORDER = (
 
 
 def subpackages(package: str = "manifold_lowrank") -> list[str]:
-    """Public subpackages of ``package`` (short names), in layer order then alphabetical."""
+    """Public subpackages and top-level modules of ``package`` (short names), in layer
+    order then alphabetical."""
     pkg = importlib.import_module(package)
-    names = [
-        info.name
-        for info in pkgutil.iter_modules(pkg.__path__)
-        if info.ispkg and not info.name.startswith("_")
-    ]
+    names = [info.name for info in pkgutil.iter_modules(pkg.__path__)]
+    names = [n for n in names if not n.startswith("_")]
     rank = {name: i for i, name in enumerate(LAYER_ORDER)}
     return sorted(names, key=lambda n: (rank.get(n, len(LAYER_ORDER)), n))
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from manifold_lowrank.adapters.config import AdapterConfig, register_method, registered_methods
 from manifold_lowrank.adapters import debora as _debora  # noqa: F401  (registers method='debora')
+from manifold_lowrank.adapters.config import AdapterConfig, register_method, registered_methods
 from manifold_lowrank.adapters.export import export_to_peft
 from manifold_lowrank.adapters.io import load_adapter_model, save_adapter
 from manifold_lowrank.adapters.matching import check_target_module_exists, find_target_modules

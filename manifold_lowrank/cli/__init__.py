@@ -11,7 +11,7 @@ Subcommands
     table, and JSON/CSV/PNG files under ``--out``.
 
 Global options (before or after the subcommand): ``--device``, ``--seed``,
-``--out DIR``, ``--config FILE.toml``, ``--no-progress``, ``--debug``.
+``--threads``, ``--out DIR``, ``--config FILE.toml``, ``--no-progress``, ``--debug``.
 
 New subcommands are :class:`Command` entries of :data:`COMMANDS`; new methods are
 runners registered in :mod:`manifold_lowrank.cli.registry`.
@@ -24,11 +24,12 @@ Exit status: ``0`` on success, ``2`` for bad input (one line on stderr, no trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -79,6 +80,7 @@ class Command:
 GLOBAL_OPTIONS: tuple[Option, ...] = (
     Option("device", text, "auto", "torch device: auto, cpu, cuda, cuda:1, mps", "DEV"),
     Option("seed", nonneg_int, 0, "seed of every random choice", "N"),
+    Option("threads", nonneg_int, 0, "CPU threads of torch (0: torch's default)", "N"),
     Option("out", text, None, "write results (JSON, CSV, PNG plots) to this directory", "DIR"),
     Option("no_progress", bool, False, "hide progress bars", flag=True),
     Option("debug", bool, False, "show tracebacks of failures", flag=True),
@@ -278,6 +280,22 @@ def _progress_factory(disabled: bool) -> Callable[..., Any] | None:
     return functools.partial(tqdm, leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch CPU threads inside the block (``0``: leave as is), then restore."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``manifold-lowrank``; returns the exit status."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
@@ -310,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = prepare_out_dir(config["out"])
         ctx = Context(out=out, progress=_progress_factory(config["no_progress"]))
-        t0 = time.perf_counter()
-        status = cmd.run(config, ctx)
+        with _torch_threads(config["threads"]):
+            t0 = time.perf_counter()
+            status = cmd.run(config, ctx)
         if cmd.name != "info":
             ctx.print(f"\n{cmd.name} finished in {time.perf_counter() - t0:.1f} s")
         return status

@@ -9,6 +9,14 @@ Public names
     Compressors with documented variance ``ω`` / contraction ``α`` and exact byte counts.
 :func:`launch_local`, :func:`find_free_port`, :func:`replicas_identical`
     Launch ``n`` local worker processes on 127.0.0.1; check replicas.
+:func:`sync_gradients`, :class:`DistributedLowRank`, :class:`SyncStats`
+    Data-parallel DLRT/GeoLoRA/any optimizer: all-reduce of the projected gradients and
+    plain gradients, rank decisions identical on every worker (why not DDP: see
+    :mod:`~manifold_lowrank.distributed.sync`).
+:func:`broadcast_model`, :func:`broadcast_optimizer`, :func:`broadcast_generator`,
+:func:`broadcast_state_dict`, :func:`replicas_in_sync`, :func:`ddp_ignore_lowrank_factors`,
+:func:`all_reduce_mean`
+    Broadcasts across rank changes (no pickle), replica checks, the DDP fallback.
 """
 
 from manifold_lowrank.distributed.compressors import (
@@ -25,16 +33,38 @@ from manifold_lowrank.distributed.federated import (
     launch_local,
     replicas_identical,
 )
+from manifold_lowrank.distributed.sync import (
+    DistributedLowRank,
+    SyncStats,
+    all_reduce_mean,
+    broadcast_generator,
+    broadcast_model,
+    broadcast_optimizer,
+    broadcast_state_dict,
+    ddp_ignore_lowrank_factors,
+    replicas_in_sync,
+    sync_gradients,
+)
 
 __all__ = [
     "FEDERATED_ESTIMATORS",
     "Compressor",
+    "DistributedLowRank",
     "FederatedBernoulliLoRA",
     "RandK",
     "RandomDithering",
+    "SyncStats",
     "TopK",
+    "all_reduce_mean",
+    "broadcast_generator",
+    "broadcast_model",
+    "broadcast_optimizer",
+    "broadcast_state_dict",
+    "ddp_ignore_lowrank_factors",
     "find_free_port",
     "launch_local",
     "make_compressor",
     "replicas_identical",
+    "replicas_in_sync",
+    "sync_gradients",
 ]

@@ -34,9 +34,10 @@ dtype-agnostic, and never forming a dense ambient object on the hot path):
 ``inner(x, u, v=None, *, keepdim=False)``
     The metric; for the embedded geometries here it is the ambient Frobenius inner
     product of the tangent vectors. The default implementation sums ``u * v`` over
-    the packed dimensions, which is correct when the packed tangent blocks are
-    mutually orthogonal in the ambient space (true for the gauge-fixed
-    representations of :class:`FixedRank` and :class:`Tucker`). Override otherwise.
+    the packed dimensions, which is correct when the packed tangent blocks map
+    isometrically and mutually orthogonally into the ambient space (true for the
+    gauge-fixed representation of :class:`FixedRank`). Override otherwise —
+    :class:`Tucker` does: its factor blocks are weighted by the core Gram matrices.
 ``component_inner(x, u, v=None)``
     Per-block squared norms, broadcastable to ``x``; geoopt's ``RiemannianAdam``
     divides its momentum by the square root of this, so it must be constant on each

@@ -439,6 +439,11 @@ class FixedRank(LowRankManifold):
         ``Z(u) = U M Vᵀ + U_p Vᵀ + U V_pᵀ`` (so ``retr(x, u) = retr(x, proju(x, u))``):
         geoopt's ``RiemannianSGD`` seeds its momentum with the raw gradient.
 
+        ``U₊ = [U Q_u] W`` inherits the orthonormality error of ``U`` (plus ``O(ε)``), so
+        over very many steps it drifts slowly (≈ 0.1–0.2 ε per step); :meth:`projx`
+        (gauge-preserving) removes it — e.g. geoopt's ``stabilize=`` option. The
+        orthographic and KSL retractions re-orthonormalise the whole basis instead.
+
         Raises
         ------
         FloatingPointError

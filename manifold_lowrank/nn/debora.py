@@ -179,7 +179,7 @@ class DeboraLinearAdapter(_DeboraMixin, LowRankAdapter):
 
 
 class DeboraConv2dAdapter(_DeboraMixin, LowRankConv2dAdapter):
-    r"""dEBORA matrix adapter around a frozen ``nn.Conv2d`` (kernel as an ``out × in·kh·kw`` matrix).
+    r"""dEBORA matrix adapter around a frozen ``nn.Conv2d`` (kernel as an ``out×in·kh·kw`` matrix).
 
     Parameters as in :class:`DeboraLinearAdapter`.
     """
@@ -275,11 +275,13 @@ class DeboraTuckerConv2dAdapter(_DeboraMixin, TuckerConv2dAdapter):
                 c = torch.randn(
                     tuple(core.shape), generator=generator, dtype=core.dtype, device=core.device
                 )
-                norms = c.reshape(r, -1).norm(dim=1).clamp_min(1e-30)
+                norms = c.reshape(r, c[0].numel() if r else 0).norm(dim=1).clamp_min(1e-30)
                 c = c / norms.reshape(r, 1, 1, 1) * e
             else:
-                k = torch.randn(r, kh, kw, generator=generator, dtype=core.dtype, device=core.device)
-                k = k / k.reshape(r, -1).norm(dim=1).clamp_min(1e-30).reshape(r, 1, 1) * e
+                k = torch.randn(
+                    r, kh, kw, generator=generator, dtype=core.dtype, device=core.device
+                )
+                k = k / k.reshape(r, kh * kw).norm(dim=1).clamp_min(1e-30).reshape(r, 1, 1) * e
                 c = torch.zeros_like(core)
                 idx = torch.arange(r, device=core.device)
                 c[idx, idx] = k

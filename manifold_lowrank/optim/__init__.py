@@ -13,6 +13,9 @@ Randomized LoRA chains (Bernoulli-LoRA, RAC-LoRA): :class:`BernoulliLoRA`, :clas
 dEBORA (bilevel rank selection): :class:`DEBORA`, :class:`DEBORATrainer`,
 :func:`split_bilevel`; the away-step Frank–Wolfe on the perturbed simplex in
 :mod:`manifold_lowrank.optim.frank_wolfe`.
+
+DLRT (rank-adaptive training from scratch by the augmented BUG / parallel / closure-based
+BUG integrators, with SGD, momentum or Adam on the coefficients): :class:`DLRT`.
 """
 
 from manifold_lowrank.optim.bernoulli import (
@@ -22,6 +25,7 @@ from manifold_lowrank.optim.bernoulli import (
     RACLoRAChain,
 )
 from manifold_lowrank.optim.debora import DEBORA, DEBORATrainer, split_bilevel
+from manifold_lowrank.optim.dlrt import DLRT
 from manifold_lowrank.optim.estimators import GradientEstimator
 from manifold_lowrank.optim.geolora import GeoLoRA
 from manifold_lowrank.optim.lowrank_base import LowRankOptimizer
@@ -29,6 +33,7 @@ from manifold_lowrank.optim.riemannian import RiemannianAdam, RiemannianSGD
 
 __all__ = [
     "DEBORA",
+    "DLRT",
     "BernoulliLoRA",
     "BernoulliLoRAChain",
     "DEBORATrainer",

@@ -329,7 +329,8 @@ class DEBORA(LowRankOptimizer):
     history : list of dict
         One entry per upper step: ``t``, ``gap`` (FW gap; the sum over blocks for
         ``budget="layer"``), ``kind``, ``gamma``, ``ranks``, ``components`` (total),
-        ``pruned`` (this step) and, with ``record_weights``, ``weights``.
+        ``pruned`` (this step) and, with ``record_weights``, ``weights`` and ``ids``
+        (:meth:`component_ids`).
     fw_gap : float
         The gap of the last upper step (``nan`` before the first).
 
@@ -412,9 +413,7 @@ class DEBORA(LowRankOptimizer):
             nan_policy=nan_policy,
             record_history=record_history,
         )
-        self.formats: list[str] = [
-            debora_format_of(la, self.tensor_format) for la in self.layers
-        ]
+        self.formats: list[str] = [debora_format_of(la, self.tensor_format) for la in self.layers]
         self.layer_bases: list[str] = []
         for la, fmt in zip(self.layers, self.formats):
             b = self.bases
@@ -458,6 +457,7 @@ class DEBORA(LowRankOptimizer):
             write_parts(self.layers[i], self.formats[i], p._replace(s=s))
             st = self._state_of(i)
             st["streak"] = torch.zeros(int(s.numel()), dtype=torch.long)
+            st["ids"] = torch.arange(int(s.numel()), dtype=torch.long)
 
     def _blocks(self, sizes: list[int]) -> list[tuple[list[int], PerturbedSimplex]]:
         if self.budget == "global":
@@ -481,22 +481,38 @@ class DEBORA(LowRankOptimizer):
         """``{layer name: s}`` (detached copies)."""
         return {n: self._parts(i).s for i, n in enumerate(self.layer_names)}
 
+    def component_ids(self) -> list[torch.Tensor]:
+        """Per layer, the original index (at construction) of every surviving component.
+
+        Pruning deletes columns; these ids let one follow a component's weight through
+        the history (``history[t]["weights"][i][k]`` belongs to ``history[t]["ids"][i][k]``).
+        """
+        out = []
+        for i in range(len(self.layers)):
+            ids = self._state_of(i).get("ids")
+            n = int(self._parts(i).s.numel())
+            if not isinstance(ids, torch.Tensor) or int(ids.numel()) != n:
+                ids = torch.arange(n, dtype=torch.long)
+            out.append(ids.clone())
+        return out
+
     def num_components(self) -> int:
         """Total number of components ``R`` (the dimension of the global simplex)."""
         return sum(int(self._parts(i).s.numel()) for i in range(len(self.layers)))
 
     def effective_num_parameters(self) -> int:
-        r"""Free parameters of all adapters: ``Σ_layers r (Σ_k n_k + 1) + shared``.
+        r"""Free parameters of all adapters at the current ranks.
 
-        Matrix: ``r(m + n + 1)`` (``S`` is stored as an ``r×r`` matrix but only its
-        diagonal is free); Tucker: ``r(out + r₂ kh kw + 1) + in·r₂``; CP:
-        ``r(out + in + kh kw + 1)``.
+        Matrix: ``r(m + n + 1)`` (``U``, ``V``, ``s``; ``S`` is stored as an ``r×r`` matrix
+        but only its diagonal is free). Tucker: ``r·out + r·r₂·kh·kw + in·r₂`` (the weights
+        are the norms of the core slices). CP: ``r(out + in + kh·kw)``.
         """
         total = 0
         for i in range(len(self.layers)):
             p = self._parts(i)
             r = int(p.s.numel())
-            total += r * (1 + sum(int(b.shape[0]) for b in p.bases))
+            extra = r if self.formats[i] == "matrix" else 0
+            total += r * sum(int(b.shape[0]) for b in p.bases) + extra
             total += sum(int(x.numel()) for x in p.shared)
         return total
 
@@ -622,8 +638,19 @@ class DEBORA(LowRankOptimizer):
                 continue
             s_cat = torch.cat([parts[i].s.to(torch.float64).cpu() for i in idx])
             g_cat = torch.cat([grads[i].to(torch.float64).cpu() for i in idx])
+            # the weights live in the factors' dtype: a weight "at a vertex" is only known to
+            # that precision (a float32 ε is not the float64 ε), so barycentric weights below
+            # the storage rounding count as inactive (else a drop step of length ~1e-7
+            # would be repeated forever)
+            store = min((parts[i].s.dtype for i in idx), key=lambda d: torch.finfo(d).bits)
             step: FWStep = away_step_fw_update(
-                s_cat, g_cat, simplex, rule=self.rule, t=self._fw_t, gap_tol=self.gap_tol
+                s_cat,
+                g_cat,
+                simplex,
+                rule=self.rule,
+                t=self._fw_t,
+                gap_tol=self.gap_tol,
+                active_tol=self._storage_tol(store, simplex) / self.tau,
             )
             gap_total += step.gap
             kinds.append(step.kind)
@@ -647,23 +674,30 @@ class DEBORA(LowRankOptimizer):
         entry["components"] = sum(entry["ranks"])
         if self.record_weights:
             entry["weights"] = [self._parts(i).s.clone() for i in range(len(self.layers))]
+            entry["ids"] = self.component_ids()
         self.history.append(entry)
         if self.record_history:
             self._global_step = self._fw_t
             self.rank_history.append((self._fw_t, list(entry["ranks"])))
         return entry
 
+    def _storage_tol(self, dtype: torch.dtype, simplex: PerturbedSimplex | None = None) -> float:
+        """Rounding of a weight stored in ``dtype``: ``8 (r+1) u max(1, τ + rε)``."""
+        dim = simplex.dim if simplex is not None else 1
+        radius = simplex.radius if simplex is not None else self.tau + self.eps
+        return 8.0 * (dim + 1) * torch.finfo(dtype).eps * max(1.0, radius)
+
     def _prune(self, parts: list[DeboraParts]) -> int:
         """Update the at-bound streaks and prune; returns the number of pruned components."""
-        thr = self.eps + self.prune_tol * self.tau
         total = 0
         for i, p in enumerate(parts):
             st = self._state_of(i)
             r = int(p.s.numel())
+            thr = self.eps + self.prune_tol * self.tau + self._storage_tol(p.s.dtype)
             streak = st.get("streak")
             if streak is None or int(streak.numel()) != r:
                 streak = torch.zeros(r, dtype=torch.long)
-            at = (p.s.detach().cpu() <= thr * (1 + 1e-12)).to(torch.long)
+            at = (p.s.detach().cpu().to(torch.float64) <= thr).to(torch.long)
             streak = (streak + 1) * at
             st["streak"] = streak
             if self._fw_t < self.prune_after or r == 0:
@@ -684,6 +718,9 @@ class DEBORA(LowRankOptimizer):
                 if key.startswith("m_b") and isinstance(val, torch.Tensor):
                     st[key] = val[:, keep_dev].clone()
             st["streak"] = streak[keep]
+            ids = st.get("ids")
+            if isinstance(ids, torch.Tensor) and int(ids.numel()) == r:
+                st["ids"] = ids[keep]
             total += int((~keep).sum())
         return total
 
@@ -779,7 +816,7 @@ def split_bilevel(
         )
     if n == 0:
         raise ValueError("data is empty: nothing to split into D1 and D2")
-    n1 = int(round(f * n))
+    n1 = round(f * n)
     if n1 == 0:
         raise ValueError(f"d1 (upper-level data D1) would be empty: fraction={f} of {n} samples")
     if n1 == n:

@@ -59,11 +59,12 @@ class LinearRegression(MatrixProblem):
         self.X, self.y, self.reg = X, y, float(reg)
         self.shape = (int(m), int(n))
         self.n_samples = int(X.shape[0])
-        ev = torch.linalg.eigvalsh(X.T @ X / self.n_samples)
+        self._gram: tuple[torch.Tensor, torch.Tensor] | None = None
+        Q, _ = self.gram()
+        ev = torch.linalg.eigvalsh(Q)
         self.data_smoothness = float(ev[-1])
         self.smoothness = self.data_smoothness + 2.0 * self.reg
         self.strong_convexity = max(float(ev[0]), 0.0) if self.reg == 0 else 0.0
-        self._gram: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _rows(self, batch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if batch is None:
@@ -82,7 +83,7 @@ class LinearRegression(MatrixProblem):
 
     def gram(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(XᵀX/N, Xᵀy/N)``, computed once (``O(N d²)``) and cached."""
-        if getattr(self, "_gram", None) is None:
+        if self._gram is None:
             N = self.n_samples
             self._gram = (self.X.T @ self.X / N, self.X.T @ self.y / N)
         return self._gram

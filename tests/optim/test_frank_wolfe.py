@@ -27,6 +27,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 EPS64 = torch.finfo(DT).eps
 
 
@@ -179,8 +181,10 @@ def test_fw_gap_decreases_on_a_convex_quadratic(rule_kind) -> None:
     f, grad, simplex, L = _quadratic(seed=11, r=6, tau=1.5, eps=0.01)
     x_star = _reference_minimum(f, grad, simplex)
     f_star = f(x_star)
-    rule = StepRule("line_search") if rule_kind == "line_search" else StepRule(
-        "short_step", smoothness=L
+    rule = (
+        StepRule("line_search")
+        if rule_kind == "line_search"
+        else StepRule("short_step", smoothness=L)
     )
     s0 = simplex.vertex(BASE, torch.zeros(1, dtype=DT))
     s, hist = away_step_frank_wolfe(grad, s0, simplex, iters=400, rule=rule, objective=f)
@@ -190,7 +194,7 @@ def test_fw_gap_decreases_on_a_convex_quadratic(rule_kind) -> None:
     for h_prev_s, gap in zip([s0] + [h.s for h in hist[:-1]], gaps):
         assert f(h_prev_s) - f_star <= gap + 1e-9
     # monotone objective (exact / majorising step) and a vanishing gap (linear rate)
-    assert all(b <= a + 1e-13 for a, b in zip(values, values[1:]))
+    assert all(b <= a + 1e-13 for a, b in itertools.pairwise(values))
     assert min(gaps) <= 1e-9 * gaps[0]
     assert gaps[-1] <= 1e-9 * gaps[0] or hist[-1].kind == "none"
     torch.testing.assert_close(s, x_star, rtol=0, atol=1e-5)
@@ -201,7 +205,7 @@ def test_fw_gap_decreases_on_a_convex_quadratic(rule_kind) -> None:
 
 def test_fw_with_diminishing_steps_meets_the_sublinear_gap_bound() -> None:
     # Jaggi (2013): min_{t ≤ T} gap_t ≤ 27 C_f / (2 (T + 2)), C_f ≤ L diam(S)²; diam² = 2τ².
-    f, grad, simplex, L = _quadratic(seed=5, r=5, tau=1.0, eps=0.1)
+    _, grad, simplex, L = _quadratic(seed=5, r=5, tau=1.0, eps=0.1)
     s0 = simplex.vertex(BASE, torch.zeros(1, dtype=DT))
     T = 200
     _, hist = away_step_frank_wolfe(grad, s0, simplex, iters=T, rule=StepRule("diminishing"))
