@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny matrices)")
     args = ap.parse_args()
-    iters = args.iters or (800 if args.quick else 3000)
+    iters = args.iters or (800 if args.quick else 2000)
     torch.set_num_threads(args.threads)
 
     t0 = time.time()

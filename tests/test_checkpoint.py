@@ -37,6 +37,15 @@ REPO = Path(__file__).resolve().parents[1]
 N_BEFORE, N_AFTER = 7, 6
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster (and deterministic) than several."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @contextlib.contextmanager
 def deterministic():
     det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()

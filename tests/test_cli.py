@@ -118,7 +118,10 @@ def test_demo_all_methods_known_optima_and_files(
         # Every method starts from the same point with the same budget.
         starts = {r["history"]["value"][0] for r in rows}
         assert max(starts) - min(starts) <= 100 * eps * max(starts)
-        assert all(r["steps"] == 40 for r in rows)
+        budget = {r["method"]: r["steps"] for r in rows}
+        if task == "approximation":
+            assert budget.pop("svd") == 1  # the truncated SVD is exact in one step
+        assert set(budget.values()) == {40}
         for r in rows:
             if r["orth_error"] is not None:  # bases stay orthonormal
                 assert r["orth_error"] < 1e-12

@@ -32,7 +32,27 @@ F64 = torch.float64
 EPS64 = torch.finfo(F64).eps
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster (and deterministic) than several."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------------------- harness
+def _without_counter(skel):
+    """The packed optimizer state without the ``nan_skips`` counter (which must change)."""
+    if isinstance(skel, list):
+        if len(skel) == 2 and skel[0] == "nan_skips":
+            return ["nan_skips", None]
+        return [_without_counter(x) for x in skel]
+    if isinstance(skel, dict):
+        return {k: _without_counter(v) for k, v in skel.items()}
+    return skel
+
+
 class Case:
     """A tiny model, its optimizer and one training step with an optional poison."""
 
@@ -139,7 +159,7 @@ class Case:
     def snapshot(self):
         sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         skel, tens = pack_state(self.opt.state_dict())
-        return sd, skel, {k: v.clone() for k, v in tens.items()}
+        return sd, _without_counter(skel), {k: v.clone() for k, v in tens.items()}
 
     def assert_unchanged(self, snap):
         sd, skel, tens = snap
@@ -148,7 +168,7 @@ class Case:
         for k in sd:
             assert torch.equal(now[k], sd[k]), f"{self.name}: {k} changed"
         skel2, tens2 = pack_state(self.opt.state_dict())
-        assert skel2 == skel, f"{self.name}: optimizer bookkeeping changed"
+        assert _without_counter(skel2) == skel, f"{self.name}: optimizer bookkeeping changed"
         assert set(tens2) == set(tens)
         for k in tens:
             assert torch.equal(tens[k], tens2[k]) or (

@@ -14,7 +14,8 @@ Global options (before or after the subcommand): ``--device``, ``--seed``,
 ``--threads``, ``--out DIR``, ``--config FILE.toml``, ``--no-progress``, ``--debug``.
 
 New subcommands are :class:`Command` entries of :data:`COMMANDS`; new methods are
-runners registered in :mod:`manifold_lowrank.cli.registry`.
+runners registered in :mod:`manifold_lowrank.cli.registry` by a module listed in
+:data:`RUNNER_MODULES`.
 
 Exit status: ``0`` on success, ``2`` for bad input (one line on stderr, no traceback),
 ``1`` for a failure while running (one line; ``--debug`` shows the traceback),
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import sys
 import time
 import traceback
@@ -49,7 +51,7 @@ from manifold_lowrank.cli.config import (
     text,
 )
 
-__all__ = ["COMMANDS", "CLIError", "Command", "Context", "main"]
+__all__ = ["COMMANDS", "RUNNER_MODULES", "CLIError", "Command", "Context", "load_runners", "main"]
 
 PROG = "manifold-lowrank"
 
@@ -122,11 +124,21 @@ def resolve_device(name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- info
+RUNNER_MODULES: tuple[str, ...] = ("manifold_lowrank.cli.demo",)
+"""Modules whose import registers method runners (see :mod:`manifold_lowrank.cli.registry`)."""
+
+
+def load_runners() -> None:
+    """Import every module of :data:`RUNNER_MODULES` (idempotent)."""
+    for name in RUNNER_MODULES:
+        importlib.import_module(name)
+
+
 def _run_info(config: dict[str, Any], ctx: Context) -> int:
-    from manifold_lowrank.cli import demo  # noqa: F401  (registers the demo runners)
     from manifold_lowrank.cli.info import collect_info, format_info
     from manifold_lowrank.cli.output import write_json
 
+    load_runners()
     info = collect_info()
     if config["json"]:
         import json

@@ -178,6 +178,11 @@ class FederatedBernoulliLoRA(torch.optim.Optimizer):
                     "params: FederatedBernoulliLoRA acts on matrix-shaped weights (ndim >= 2), "
                     f"got a tensor of shape {tuple(w.shape)}"
                 )
+        first = self.params_flat[0]
+        if any(w.dtype != first.dtype or w.device != first.device for w in self.params_flat):
+            raise ValueError(
+                "params must share one dtype and device (they are sent as one flat message)"
+            )
         self.p = float(p)
         self.estimator = estimator
         self.compressor = comp

@@ -105,9 +105,20 @@ class RankRule:
         return RankRule(**fields)  # type: ignore[arg-type]
 
 
+def _scaled(s: torch.Tensor) -> tuple[torch.Tensor, float]:
+    # s / max|s| in float64 and the scale: squares of values near the under/overflow
+    # thresholds (|s| < 1e-154 or > 1e154) would otherwise flush to 0 or inf
+    s64 = s.detach().to(torch.float64)
+    scale = float(s64.abs().max()) if s64.numel() else 0.0
+    if scale > 0.0 and scale != float("inf"):
+        return s64 / scale, scale
+    return s64, 1.0
+
+
 def _tail_rank(s: torch.Tensor, bound: float) -> int:
     # tail[j] = ||s[j:]||_2 for j = 0..p (tail[p] = 0); smallest j with tail[j] <= bound
-    s64 = s.detach().to(torch.float64)
+    s64, scale = _scaled(s)
+    bound = bound / scale
     sq = torch.flip(torch.cumsum(torch.flip(s64 * s64, [0]), 0), [0])
     tail = torch.cat([sq, sq.new_zeros(1)]).sqrt()
     ok = (tail <= bound).nonzero()
@@ -127,7 +138,8 @@ def select_rank(s: torch.Tensor, rule: RankRule) -> int:
     else:
         r = 0
         if rule.rtol is not None:
-            total = float(torch.linalg.vector_norm(s.detach().to(torch.float64)))
+            s64, scale = _scaled(s)
+            total = scale * float(torch.linalg.vector_norm(s64))
             r = max(r, _tail_rank(s, float(rule.rtol) * total))
         if rule.atol is not None:
             r = max(r, _tail_rank(s, float(rule.atol)))

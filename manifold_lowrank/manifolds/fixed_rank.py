@@ -30,6 +30,7 @@ Every operation except :meth:`~FixedRank.embed`, :meth:`~FixedRank.embed_tangent
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Integral
 
 import torch
@@ -86,33 +87,88 @@ def _axpy_mm(
         torch.add(base, torch.matmul(a, b), alpha=alpha, out=out)
 
 
-def _complement_qr(
-    U: torch.Tensor, P: torch.Tensor, what: str | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``P = U A + Q R`` with ``Q`` orthonormal, ``UᵀQ = 0`` to machine precision.
+# Fast-path bounds of the polar retraction (see :func:`_polar_factor`).
+_POLAR_KAPPA_MAX = 64.0  # cond(R) of the Householder R of U_p: Q = U_p R⁻¹ loses ≲ ε·cond(R)
+_POLAR_GAUGE_MAX = 0.5  # ‖UᵀQ‖_F: keeps cond([U Q]) ≤ 3 so one Cholesky-QR step is exact
 
-    Returns ``(Q, R, A)``, ``A = UᵀP`` (``r × r``; zero up to rounding for a tangent
-    block). Householder QR ``P = Q R`` alone gives ``‖UᵀQ‖ ≲ ε κ(P)`` (backward
-    stability): when ``P`` is ill conditioned or rank deficient the columns of ``Q``
-    belonging to the ~0 part of ``R`` need not be orthogonal to ``U`` (Manopt PR #20),
-    and a non-tangent ``P`` (geoopt's first momentum step passes the raw gradient) has
-    a component in ``range(U)``. Both show in ``C = UᵀQ``; if ``max|C| > 64 ε``, ``Q`` is
-    re-orthogonalised and re-factored, ``Q − UC = Q₂R₂``, so that
-    ``P = U (CR) + Q₂ (R₂R)``. No sign fix: callers use ``Q R`` only (the gauge of the
-    result is fixed by the SVD of the small core), which saves a pass over ``Q``.
-    If ``what`` is given, raises :class:`FloatingPointError` naming it when ``R`` is not
-    finite (NaN/Inf in ``P`` propagates into ``R``). Cost ``O(m r²)`` (one QR and one
-    ``UᵀQ`` product; twice that in the rare re-orthogonalised case).
+
+def _polar_factor(
+    U: torch.Tensor, P: torch.Tensor, what: str | None
+) -> tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], None]]:
+    r"""Orthonormal-basis factorisation ``[U P] = B T`` for the polar retraction.
+
+    Returns ``T`` (``(..., k, 2r)``, upper triangular, ``k = min(m, 2r)``) and a function
+    ``finish(Y, out)`` that writes ``out ← B Y`` for ``Y`` of shape ``(..., k, r)``
+    **without forming** ``B``. ``B`` has orthonormal columns to ``O(ε)`` *whatever the
+    orthonormality error of* ``U`` (it is re-measured, never assumed), so a long chain
+    of retractions does not drift.
+
+    Fast path (``P`` well conditioned and nearly ``⟂ U``, the normal tangent case):
+    Householder ``P = Q R`` (``geqrf`` only: ``Q = P R⁻¹`` is never formed, no
+    ``orgqr``), ``C = UᵀQ = (UᵀP) R⁻¹``, and one Cholesky-QR step on the ``2r × 2r``
+    Gram matrix ``G = [U Q]ᵀ[U Q] = [[UᵀU, C], [Cᵀ, I]] = R_Gᵀ R_G``:
+    ``B = [U Q] R_G⁻¹``, ``T = R_G · diag(I, R)``, and
+    ``B Y = U Z₁ + P (R⁻¹ Z₂)`` with ``Z = R_G⁻¹ Y``. Taken when
+    ``cond(R) ≤ 64`` (so ``QᵀQ = I + O(64 ε)``) and ``‖C‖_F ≤ 1/2`` (so
+    ``cond(G) ≤ 3`` and Cholesky-QR is exact to ``O(ε)``). Cost: one ``geqrf`` and
+    two ``m × r × r`` products (``UᵀP``, ``UᵀU``) here, two more in ``finish``.
+
+    Robust path (rank-deficient or ill-conditioned ``P``, zero ``P``, a non-gauged
+    ``P`` with a large component in ``range(U)``, ``m < 2r``): sign-free Householder
+    QR of the ``m × 2r`` matrix ``[U P] = B T``; exact in all these cases (the
+    completing columns of ``B`` are orthogonal to ``U`` at machine precision even when
+    they carry zero weight — Manopt PR #20) at about twice the cost.
+
+    If ``what`` is given, raises :class:`FloatingPointError` naming it when ``P``
+    holds NaN/Inf (checked on ``R``, into which it propagates).
     """
-    Q, R = torch.linalg.qr(P)
+    r = U.shape[-1]
+    a, _ = torch.geqrf(P)
+    R = a[..., :r, :].triu()
     if what is not None:
         check_finite(what, R)
-    C = _t(U) @ Q
-    A = C @ R
-    if bool((C.abs() > 64 * torch.finfo(P.dtype).eps).any()):
-        Q2, R2 = torch.linalg.qr(Q - U @ C)
-        Q, R = Q2, R2 @ R
-    return Q, R, A
+    fast = P.shape[-2] >= 2 * r
+    if fast:
+        # All fast-path conditions evaluated without a host sync, then one sync. NaN
+        # anywhere (singular R → Inf in C) makes a comparison false → robust path.
+        sv = torch.linalg.svdvals(R)
+        C = torch.linalg.solve_triangular(R, _t(U) @ P, upper=True, left=False)  # UᵀQ
+        eye = torch.eye(r, dtype=P.dtype, device=P.device).expand_as(C)
+        G = torch.cat(
+            [
+                torch.cat([(_t(U) @ U).expand_as(C), C], dim=-1),
+                torch.cat([_t(C), eye], dim=-1),
+            ],
+            dim=-2,
+        )
+        L, info = torch.linalg.cholesky_ex(G)
+        ok = (
+            (sv[..., -1] * _POLAR_KAPPA_MAX >= sv[..., 0])
+            & (sv[..., -1] > 0)
+            & (torch.linalg.matrix_norm(C) <= _POLAR_GAUGE_MAX)
+            & (info == 0)
+        )
+        fast = bool(ok.all())
+    if fast:
+        Rg = _t(L)
+        T = torch.cat([Rg[..., :r], Rg[..., r:] @ R], dim=-1)
+
+        def finish(Y: torch.Tensor, out: torch.Tensor) -> None:
+            Z = torch.linalg.solve_triangular(Rg, Y, upper=True)
+            W2 = torch.linalg.solve_triangular(R, Z[..., r:, :], upper=True)
+            _axpy_mm(out, None, U, Z[..., :r, :])
+            _axpy_mm(out, out, P, W2)
+
+        return T, finish
+    batch = torch.broadcast_shapes(U.shape[:-2], P.shape[:-2])
+    B, T = torch.linalg.qr(
+        torch.cat([U.expand(*batch, *U.shape[-2:]), P.expand(*batch, *P.shape[-2:])], dim=-1)
+    )
+
+    def finish_qr(Y: torch.Tensor, out: torch.Tensor) -> None:
+        _axpy_mm(out, None, B, Y)
+
+    return T, finish_qr
 
 
 class FixedRank(LowRankManifold):
@@ -424,57 +480,57 @@ class FixedRank(LowRankManifold):
     def retr_polar(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         r"""Metric-projection retraction: the best rank-``r`` approximation of ``X + ξ``.
 
-        With ``U_p = Q_u R_u``, ``V_p = Q_v R_v`` (thin QR, with ``Q_u ⟂ U``,
-        ``Q_v ⟂ V`` enforced even for rank-deficient ``U_p``, ``V_p``),
+        For the packed ``u = [U_p; M; V_p]``,
 
-        .. math::  X + ξ = [U\ Q_u] \begin{bmatrix} S + M & R_vᵀ \\ R_u & 0\end{bmatrix}
-                   [V\ Q_v]ᵀ,
+        .. math::  X + ξ = [U\ U_p] \begin{bmatrix} S + M & I \\ I & 0\end{bmatrix}
+                   [V\ V_p]ᵀ = B_u \bigl(T_u K T_vᵀ\bigr) B_vᵀ,
 
-        and an SVD of the ``2r × 2r`` core, keeping the top ``r`` triplets, gives the
-        result (``S`` diagonal). Second order; never forms ``m × n``.
-        Cost ``O((m + n) r² + r³)``.
+        where ``[U U_p] = B_u T_u`` and ``[V V_p] = B_v T_v`` with ``B_u``, ``B_v``
+        orthonormal (``T`` upper triangular, see :func:`_polar_factor`). An SVD of the
+        ``2r × 2r`` core ``T_u K T_vᵀ = P Σ Qᵀ`` gives ``U₊ = B_u P_{:, :r}``,
+        ``S₊ = Σ_{:r}`` (diagonal), ``V₊ = B_v Q_{:, :r}`` (``B`` is never formed:
+        ``B_u P = U Z₁ + U_p W₂`` with ``r × r`` weights). Second order; never forms
+        ``m × n``. Cost ``O((m + n) r² + r³)``: per side one Householder ``geqrf`` of
+        ``U_p`` (no ``orgqr``) and four ``m × r × r`` products in the common case.
+
+        **Orthonormality does not drift**: ``B_u`` is made orthonormal against the
+        *measured* Gram matrix ``[U Q]ᵀ[U Q]`` (one Cholesky-QR step on ``2r × 2r``
+        data), so ``‖U₊ᵀU₊ − I‖ = O(ε)`` after any number of steps, independently of
+        the error carried by ``U``. Rank-deficient or ill-conditioned ``U_p`` (and
+        ``m < 2r``) take a Householder QR of ``[U U_p]`` instead (exact, ≈ 2× cost).
 
         Like every retraction here, a packed ``u`` that is not gauge-fixed
         (``UᵀU_p ≠ 0`` or ``VᵀV_p ≠ 0``) is read as the tangent vector it represents,
         ``Z(u) = U M Vᵀ + U_p Vᵀ + U V_pᵀ`` (so ``retr(x, u) = retr(x, proju(x, u))``):
-        geoopt's ``RiemannianSGD`` seeds its momentum with the raw gradient.
-
-        ``U₊ = [U Q_u] W`` inherits the orthonormality error of ``U`` (plus ``O(ε)``), so
-        over very many steps it drifts slowly (≈ 0.1–0.2 ε per step); :meth:`projx`
-        (gauge-preserving) removes it — e.g. geoopt's ``stabilize=`` option. The
-        orthographic and KSL retractions re-orthonormalise the whole basis instead.
+        geoopt's ``RiemannianSGD`` seeds its momentum with the raw gradient. The
+        factorisation above is exact for any ``U_p``, so no projection pass is needed.
 
         Raises
         ------
         FloatingPointError
             If ``u`` holds NaN/Inf (``x`` is not modified; nothing is). The check is done
-            on the ``r × r`` factors ``S + M``, ``R_u``, ``R_v`` into which any non-finite
+            on the ``r × r`` factors ``M``, ``R_u``, ``R_v`` into which any non-finite
             entry of ``u`` propagates, so it costs no pass over ``u``.
         """
         self._check_pair(x, u)
         U, S, V = self.unpack(x)
         Up, M, Vp = self.unpack_tangent(u)
         r = self.r
-        self._finite("M block", M)  # NaN/Inf in U_p, V_p surface in R_u, R_v (below)
+        self._finite("M block", M)  # NaN/Inf in U_p, V_p surface in R_u, R_v
         chk = self.check_finite
         what = "tangent vector u given to retr ({} block)"
-        Qu, Ru, Au = _complement_qr(U, Up, what.format("Up") if chk else None)
-        Qv, Rv, Av = _complement_qr(V, Vp, what.format("Vp") if chk else None)
-        SM = S + M + Au + _t(Av)  # Au, Av ≈ 0 for a tangent u
-        batch = torch.broadcast_shapes(SM.shape[:-2], Ru.shape[:-2], Rv.shape[:-2])
-        top = torch.cat([SM.expand(*batch, r, r), _t(Rv).expand(*batch, r, r)], dim=-1)
-        bot = torch.cat([Ru.expand(*batch, r, r), torch.zeros_like(top[..., :r])], dim=-1)
-        K = torch.cat([top, bot], dim=-2)
-        Uk, sk, Vhk = torch.linalg.svd(K, full_matrices=False)
-        Uk = Uk[..., :r]
-        Vk = _t(Vhk[..., :r, :])
+        Tu, finish_u = _polar_factor(U, Up, what.format("Up") if chk else None)
+        Tv, finish_v = _polar_factor(V, Vp, what.format("Vp") if chk else None)
+        # T_u K T_vᵀ with K = [[S + M, I], [I, 0]]: T_u[:, :r] (S+M) T_v[:, :r]ᵀ + cross terms
+        Tu1, Tu2 = Tu[..., :r], Tu[..., r:]
+        Tv1, Tv2 = Tv[..., :r], Tv[..., r:]
+        K = (Tu1 @ (S + M) + Tu2) @ _t(Tv1) + Tu1 @ _t(Tv2)
+        Pk, sk, Qhk = torch.linalg.svd(K, full_matrices=False)
         out, (oU, oS, oV) = self._alloc(x, u)
-        _axpy_mm(oU, None, U, Uk[..., :r, :])
-        _axpy_mm(oU, oU, Qu, Uk[..., r:, :])
+        finish_u(Pk[..., :r], oU)
+        finish_v(_t(Qhk[..., :r, :]), oV)
         oS.zero_()
         torch.diagonal(oS, dim1=-2, dim2=-1).copy_(sk[..., :r])
-        _axpy_mm(oV, None, V, Vk[..., :r, :])
-        _axpy_mm(oV, oV, Qv, Vk[..., r:, :])
         return out
 
     def retr_orthographic(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -285,6 +285,8 @@ class BernoulliLoRA(torch.optim.Optimizer):
     Cost per step and weight: ``O(m n r)`` to apply ``Ĥ`` plus ``O(d r²)`` for the
     sketch basis; memory: the estimator's ``Gᵗ⁻¹`` and ``Wᵗ⁻¹`` (PAGE, MVR).
     ``last_step`` holds the coin, the sketches and the step size of the last step.
+    ``state_dict()`` holds the estimator memory; the random stream is
+    ``generator.get_state()`` / ``set_state()`` (save it too to resume bit-exactly).
     """
 
     def __init__(

@@ -739,6 +739,12 @@ class DEBORA(LowRankOptimizer):
         Returns
         -------
         The upper-level loss returned by the closure.
+
+        Notes
+        -----
+        Only the adapter factors are updated. Other trainable parameters (a classifier
+        head) belong to the lower level: step their optimizer after :meth:`lower_step`
+        yourself, or use :class:`DEBORATrainer` with ``extra_optimizer``.
         """
         if closure is None or not callable(closure):
             raise TypeError(

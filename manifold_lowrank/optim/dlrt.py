@@ -186,6 +186,23 @@ def _reorthonormalize_tucker(
     return TuckerPoint(core.contiguous(), tuple(factors)), tuple(trans)
 
 
+def _with_coefficients(layer: nn.Module, coef: torch.Tensor) -> Any:
+    """The layer's point with ``S`` (or the Tucker core) replaced by ``coef``."""
+    point = layer.point()  # type: ignore[operator]
+    if isinstance(layer, TuckerModule):
+        return point._replace(core=coef)
+    return point._replace(S=coef)
+
+
+def _merge_kl(a: Any, b: Any) -> Any:
+    """``GV`` of the K pass and ``GᵀU`` of the L pass (separate passes, same point)."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, ProjectedGradients):
+        return ProjectedGradients(a.GV, a.UtGV, b.GtU)
+    return a
+
+
 # --------------------------------------------------------------------------- checks
 def _check_float(name: str, value: object, lo: float, hi: float, *, hi_open: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -420,9 +437,7 @@ class DLRT(LowRankOptimizer):
         for g in dense_groups:
             self.add_param_group(g)
         for i, g in enumerate(self.param_groups):
-            where = (
-                f"layer {self.layer_names[i]!r}" if i < self._n_layer_groups else "dense group"
-            )
+            where = f"layer {self.layer_names[i]!r}" if i < self._n_layer_groups else "dense group"
             _validate_group(g, where)
             if i < self._n_layer_groups:
                 self._check_layer_caps(self.layers[i], g, self.layer_names[i])
@@ -821,7 +836,9 @@ class DLRT(LowRankOptimizer):
             res = tucker_truncate(
                 point, self._tucker_rules(layer, group, state), full_modes=layer.full_modes
             )
-            new_point, trans = _reorthonormalize_tucker(res.point, res.transitions, layer.full_modes)
+            new_point, trans = _reorthonormalize_tucker(
+                res.point, res.transitions, layer.full_modes
+            )
             state = self._transport_state_tucker(state, trans)
         else:
             res = truncate(point, self._matrix_rule(layer, group, state))
@@ -842,6 +859,16 @@ class DLRT(LowRankOptimizer):
         st.clear()
         st.update(new_state)
 
+    def _nonfinite_layers(self, grads: list[Any]) -> list[str]:
+        return [
+            n
+            for n, g in zip(self.layer_names, grads)
+            if g is not None and not _all_finite(_flatten(g))
+        ]
+
+    def _dense_grads(self) -> list[torch.Tensor]:
+        return [p.grad for g in self.dense_param_groups for p in g["params"] if p.grad is not None]
+
     def _dense_updates(self) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
         out = []
         for group in self.dense_param_groups:
@@ -854,7 +881,9 @@ class DLRT(LowRankOptimizer):
                 out.append((p, new, st))
         return out
 
-    def _commit_dense(self, updates: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+    def _commit_dense(
+        self, updates: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
+    ) -> None:
         for p, new, st in updates:
             p.copy_(new)
             self.state[p].clear()
@@ -898,9 +927,8 @@ class DLRT(LowRankOptimizer):
                 grads.append(layer.projected_grads)  # type: ignore[attr-defined]
             else:
                 grads.append(layer.coefficient_parameters()[0].grad)  # type: ignore[operator]
-        bad = [n for n, g in zip(self.layer_names, grads) if g is not None and not _all_finite(_flatten(g))]
-        dense_grads = [p.grad for g in self.dense_param_groups for p in g["params"] if p.grad is not None]
-        if bad or not _all_finite(dense_grads):
+        bad = self._nonfinite_layers(grads)
+        if bad or not _all_finite(self._dense_grads()):
             self._handle_nonfinite(bad or ["<dense parameters>"], "gradients")
             return loss
         # 2. compute every update without writing
@@ -919,14 +947,13 @@ class DLRT(LowRankOptimizer):
             if truncating and st.get("augmented", False):
                 point = new
                 if isinstance(new, torch.Tensor):
-                    point = layer.point()._replace(**{"S" if isinstance(layer, LowRankModule) else "core": new})  # type: ignore[operator]
+                    point = _with_coefficients(layer, new)
                 new, st = self._truncate_layer(layer, group, st, point)
                 truncated = True
             updates.append((i, new, st))
         dense = self._dense_updates()
         finite = _all_finite(
-            [t for _, new, _ in updates for t in _flatten(tuple(new) if not isinstance(new, torch.Tensor) else new)]
-            + [new for _, new, _ in dense]
+            [t for _, new, _ in updates for t in _flatten(new)] + [new for _, new, _ in dense]
         )
         if not finite:
             self._handle_nonfinite([self.layer_names[i] for i, _, _ in updates], "update")
@@ -971,12 +998,8 @@ class DLRT(LowRankOptimizer):
             with torch.enable_grad():
                 closure()
             pg2 = [layer.projected_grads for layer in self.layers]  # type: ignore[attr-defined]
-            pgs = [
-                None if a is None or b is None else
-                (ProjectedGradients(a.GV, a.UtGV, b.GtU) if isinstance(a, ProjectedGradients) else a)
-                for a, b in zip(pgs, pg2)
-            ]
-        bad = [n for n, pg in zip(self.layer_names, pgs) if pg is not None and not _all_finite(_flatten(pg))]
+            pgs = [_merge_kl(a, b) for a, b in zip(pgs, pg2)]
+        bad = self._nonfinite_layers(pgs)
         if bad:
             self._handle_nonfinite(bad, "projected gradients")
             return loss
@@ -1031,10 +1054,12 @@ class DLRT(LowRankOptimizer):
                 return loss
             S_new, sub = self._substep(self.param_groups[i], state, coef.detach(), coef.grad)
             state.update(sub)
-            point = layer.point()._replace(**{"S" if isinstance(layer, LowRankModule) else "core": S_new})  # type: ignore[operator]
+            point = _with_coefficients(layer, S_new)
             updates.append((i, *self._truncate_layer(layer, self.param_groups[i], state, point)))
         dense = self._dense_updates()
-        if not _all_finite([t for _, p, _ in updates for t in _flatten(tuple(p))] + [n for _, n, _ in dense]):
+        if not _all_finite(
+            [t for _, p, _ in updates for t in _flatten(p)] + [n for _, n, _ in dense]
+        ):
             self._handle_nonfinite([self.layer_names[i] for i, _, _ in updates], "update")
             self._configure_layers()
             return loss

@@ -77,3 +77,9 @@ def federated_worker(
         out[name] = res
     dist.barrier()
     return out
+
+
+def failing_worker(rank: int, world: int) -> None:
+    """Raises on rank 0 (checks that launch_local reports worker failures)."""
+    if rank == 0:
+        raise ArithmeticError("worker 0 failed on purpose")

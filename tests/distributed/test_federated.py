@@ -219,3 +219,13 @@ def test_federated_four_processes():
     names = ["qgd", "marina", "ef21"]
     res = launch_local(_fed_worker.federated_worker, 4, (names, STEPS, 99, ["ef21"]), timeout=180)
     _check_run(res, 4, names)
+
+
+@pytest.mark.distributed
+def test_launch_local_reports_worker_failure():
+    with pytest.raises(RuntimeError, match="failed on purpose"):
+        launch_local(_fed_worker.failing_worker, 1, timeout=120)
+    with pytest.raises(ValueError, match="world_size must be a positive int"):
+        launch_local(_fed_worker.failing_worker, 0)
+    with pytest.raises(ValueError, match="timeout must be"):
+        launch_local(_fed_worker.failing_worker, 1, timeout=0)

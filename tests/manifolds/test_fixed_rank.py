@@ -284,6 +284,81 @@ def test_polar_retraction_is_the_truncated_svd_of_x_plus_xi():
     assert torch.allclose(S, torch.diag(s[:4]), rtol=TOL, atol=0)
 
 
+@pytest.mark.parametrize(
+    "case", ["fast", "ill_conditioned_Up", "rank_deficient_Up", "non_gauged", "drifted_U"]
+)
+def test_polar_retraction_both_paths_match_truncated_svd_with_orthonormal_output(case):
+    """Every code path of retr_polar (Gram/Cholesky-QR fast path and the Householder
+    QR of [U U_p] fallback) returns the truncated SVD of X + Z(u), with bases orthonormal
+    to O(ε) even when U itself carries an orthonormality error."""
+    m, n, r = 40, 30, 4
+    M = FixedRank(m, n, r)
+    g = gen(31)
+    x = M.random(dtype=F64, generator=g)
+    u = 0.5 * M.random_tangent(x, generator=g)
+    U = M.unpack(x).U
+    Up = M.unpack_tangent(u).Up
+    if case == "ill_conditioned_Up":  # cond(U_p) = 1e6: beyond the fast path's bound
+        Up.mul_(torch.logspace(0, -6, r, dtype=F64))
+    elif case == "rank_deficient_Up":
+        Up[:, -1] = Up[:, 0]
+    elif case == "non_gauged":  # large component of U_p in range(U)
+        Up.add_(U @ torch.randn(r, r, dtype=F64, generator=g))
+    elif case == "drifted_U":  # U with ‖UᵀU − I‖ ≈ 1e-9 (as after many unchecked steps)
+        U.add_(1e-9 * torch.randn(m, r, dtype=F64, generator=g))
+    Y = M.embed(x) + M.embed_tangent(x, u)
+    Uf, s, Vh = torch.linalg.svd(Y)
+    best = Uf[:, :r] @ torch.diag(s[:r]) @ Vh[:r]
+    y = M.retr_polar(x, u)
+    assert rel(M.embed(y), best) < TOL
+    U1, S1, V1 = M.unpack(y)
+    eye = torch.eye(r, dtype=F64)
+    assert (U1.mT @ U1 - eye).abs().max() < 20 * EPS * r
+    assert (V1.mT @ V1 - eye).abs().max() < 20 * EPS * r
+    assert torch.allclose(S1, torch.diag(s[:r]), rtol=TOL, atol=0)
+
+
+def _orthonormality_after_steps(dtype: torch.dtype, steps: int, retraction: str) -> float:
+    M = FixedRank(40, 30, 4, retraction=retraction)
+    g = gen(32)
+    x = M.random(dtype=dtype, generator=g)
+    eye = torch.eye(4, dtype=dtype)
+    worst = 0.0
+    for k in range(steps):
+        u = M.random_tangent(x, generator=g)
+        x = M.retr(x, 0.3 * u / M.norm(x, u))  # moderate steps (‖S‖ ≈ 1)
+        if k % 50 == 49 or k == steps - 1:
+            U, _, V = M.unpack(x)
+            err = max(float((U.mT @ U - eye).abs().max()), float((V.mT @ V - eye).abs().max()))
+            worst = max(worst, err)
+    return worst
+
+
+@pytest.mark.parametrize(
+    ("retraction", "steps"),
+    [
+        ("polar", 1000),
+        pytest.param("polar", 3000, marks=pytest.mark.slow),
+        ("orthographic", 300),
+        ("ksl", 300),
+    ],
+)
+def test_long_runs_keep_orthonormality_float64(retraction, steps):
+    """DESIGN: orthonormality is maintained by the geometry — ‖UᵀU − I‖ must not grow.
+    (The previous polar retraction inherited U's error, ≈ 0.1–0.2 ε per step: ≥ 100 ε
+    after 1000 steps, ≈ 250 ε after 2000.)"""
+    assert _orthonormality_after_steps(F64, steps, retraction) <= 50 * EPS
+
+
+def test_long_run_keeps_orthonormality_float32():
+    assert _orthonormality_after_steps(torch.float32, 500, "polar") <= 1e-5
+
+
+@pytest.mark.slow
+def test_very_long_run_keeps_orthonormality_float32():
+    assert _orthonormality_after_steps(torch.float32, 10_000, "polar") <= 1e-5
+
+
 def test_ksl_retraction_is_one_projector_splitting_step():
     """Dense KSL step (Lubich–Oseledets) with F = ξ frozen, compared factor by factor."""
     M = FixedRank(15, 11, 3)

@@ -30,8 +30,9 @@ def _orth(n: int, r: int, g: torch.Generator) -> torch.Tensor:
 def _layer(m=9, n=7, r=2, *, seed=0, bias=False, max_rank=None):
     g = torch.Generator().manual_seed(seed)
     la = LowRankLinear(n, m, r, bias=bias, dtype=D, generator=g, max_rank=max_rank)
-    la.set_point(FixedRankPoint(_orth(m, r, g), torch.randn(r, r, generator=g, dtype=D),
-                                _orth(n, r, g)))
+    la.set_point(
+        FixedRankPoint(_orth(m, r, g), torch.randn(r, r, generator=g, dtype=D), _orth(n, r, g))
+    )
     x = torch.randn(23, n, generator=g, dtype=D)
     y = torch.randn(23, m, generator=g, dtype=D)
     return la, x, y
@@ -65,7 +66,7 @@ def _close(a, b, scale=1.0, k=1000):
     return torch.allclose(a, b, rtol=0, atol=k * EPS * max(1.0, scale))
 
 
-# ----------------------------------------------------------------------------- integrator identities
+# ----------------------------------------------------------------- integrator identities
 @pytest.mark.parametrize("tau", [0.0, 0.2, None])
 def test_parallel_step_equals_parallel_integrator(tau):
     """integrator='parallel' + SGD: one step = integrators.parallel (truncated) exactly."""
@@ -75,8 +76,9 @@ def test_parallel_step_equals_parallel_integrator(tau):
     point = FixedRankPoint(*(t.clone() for t in la.point()))
     _backward(opt, la, x, y)
     pg = la.projected_grads
-    rule = RankRule(rank=3, min_rank=0) if tau is None else RankRule(rtol=tau, min_rank=1,
-                                                                     max_rank=8)
+    rule = (
+        RankRule(rank=3, min_rank=0) if tau is None else RankRule(rtol=tau, min_rank=1, max_rank=8)
+    )
     ref = parallel(point, pg, h, rule)
     opt.step()
     assert la.rank == ref.point.rank
@@ -100,7 +102,9 @@ def test_augmented_bug_cycle_is_parallel_then_galerkin_then_truncation():
     X = W0 - h * _proj(U0, V0, G0)
     assert _close(_W(la), X, float(G0.abs().max()))
     # the augmented bases contain the old ones and the gradient directions
-    assert _close(U1 @ U1.T @ U0, U0) and _close(U1 @ U1.T @ G0 @ V0, G0 @ V0, float(G0.abs().max()))
+    assert _close(U1 @ U1.T @ U0, U0) and _close(
+        U1 @ U1.T @ G0 @ V0, G0 @ V0, float(G0.abs().max())
+    )
     for _ in range(2):
         G = _dense_G(X, x, y)
         _backward(opt, la, x, y)
@@ -125,8 +129,14 @@ def test_bug_closure_equals_augmented_bug_integrator():
     h, tau = 0.03, 0.1
     for separate in (False, True):
         lb = copy.deepcopy(la)
-        opt = DLRT(lb, lr=h, tau=tau, integrator="bug", substep_optimizer="sgd",
-                   separate_kl_passes=separate)
+        opt = DLRT(
+            lb,
+            lr=h,
+            tau=tau,
+            integrator="bug",
+            substep_optimizer="sgd",
+            separate_kl_passes=separate,
+        )
         point = FixedRankPoint(*(t.clone() for t in lb.point()))
         W0 = point.to_dense()
         G0 = _dense_G(W0, x, y)
@@ -143,11 +153,12 @@ def test_bug_closure_equals_augmented_bug_integrator():
         def core_grad(p):
             return p.U.T @ _dense_G(p.U @ p.S @ p.V.T, x, y) @ p.V
 
-        ref = augmented_bug(point, pg, h, RankRule(rtol=tau, min_rank=1, max_rank=7),
-                            core_grad=core_grad)
+        ref = augmented_bug(
+            point, pg, h, RankRule(rtol=tau, min_rank=1, max_rank=7), core_grad=core_grad
+        )
         loss = opt.step(closure)
         assert len(calls) == (3 if separate else 2)
-        assert float(loss) == pytest.approx(float(_loss_of_W(W0, x, y)), rel=1e-12)
+        assert float(loss.detach()) == pytest.approx(float(_loss_of_W(W0, x, y)), rel=1e-12)
         assert lb.rank == ref.point.rank
         assert _close(_W(lb), ref.point.to_dense(), float(ref.point.S.abs().max()))
         assert opt.last_step_kind == "closure"
@@ -208,8 +219,9 @@ def test_state_is_carried_through_augmentation_and_truncation(kind):
     """Buffers follow Z ← A Z Bᵀ (A = U₊ᵀÛ, B = V₊ᵀV̂), Adam's v ← (A√v Bᵀ)², exactly."""
     la, x, y = _layer(m=30, n=24, r=2, seed=6)
     mu, (b1, b2) = 0.9, (0.8, 0.95)
-    opt = DLRT(la, lr=0.02, tau=0.1, augment_every=2, substep_optimizer=kind,
-               momentum=mu, betas=(b1, b2))
+    opt = DLRT(
+        la, lr=0.02, tau=0.1, augment_every=2, substep_optimizer=kind, momentum=mu, betas=(b1, b2)
+    )
     keys = ["momentum_buffer"] if kind == "momentum" else ["exp_avg", "exp_avg_sq"]
 
     def state():
@@ -272,7 +284,10 @@ def test_dense_parameters_get_the_standard_update():
     opt = DLRT(model, lr=1e-2, tau=0.1, augment_every=2)
     ref = torch.optim.Adam(ref_head.parameters(), lr=1e-2)
     assert {id(p) for g in opt.dense_param_groups for p in g["params"]} == {
-        id(model[0].bias), id(model[2].weight), id(model[2].bias)}
+        id(model[0].bias),
+        id(model[2].weight),
+        id(model[2].bias),
+    }
     for _ in range(5):
         opt.zero_grad()
         ref.zero_grad()
@@ -288,21 +303,24 @@ def test_dense_parameters_get_the_standard_update():
 
 
 # ----------------------------------------------------------------------------- geometry
-def test_orthonormality_after_5000_float32_steps():
-    torch.manual_seed(0)
+@pytest.mark.parametrize("steps", [300, pytest.param(5000, marks=pytest.mark.slow)])
+def test_orthonormality_after_many_float32_steps(steps):
+    """‖UᵀU − I‖, ‖VᵀV − I‖ ≤ 1e-5 after 5,000 float32 steps with rank changes
+    (no drift: the truncation re-orthonormalises)."""
     g = torch.Generator().manual_seed(0)
     la = LowRankLinear(24, 20, 4, generator=g, bias=False)
     target = torch.randn(20, 6, generator=g) @ torch.randn(6, 24, generator=g) / 4
     x = torch.randn(32, 24, generator=g)
     y = x @ target.T
-    opt = DLRT(la, lr=1e-2, tau=0.05, augment_every=2, substep_optimizer="momentum")
-    for _ in range(5000):
+    opt = DLRT(la, lr=0.1, tau=0.02, augment_every=2, substep_optimizer="momentum")
+    for _ in range(steps):
         opt.zero_grad()
         (0.5 * (la(x) - y).pow(2).mean(0).sum()).backward()
         opt.step()
     U, _, V = la.point()
     r = la.rank
-    assert opt.truncation_history and len(opt.truncation_history) == 2500
+    assert len(opt.truncation_history) == steps // 2
+    assert len({ranks[0] for _, ranks in opt.truncation_history}) > 1  # ranks did change
     assert float((U.T @ U - torch.eye(r)).abs().max()) <= 1e-5
     assert float((V.T @ V - torch.eye(r)).abs().max()) <= 1e-5
 
@@ -450,7 +468,7 @@ def test_bad_arguments(kwargs, exc, match):
 
 def test_bad_params():
     dense = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    with pytest.raises(ValueError, match="params.*no low-rank layer"):
+    with pytest.raises(ValueError, match=r"params.*no low-rank layer"):
         DLRT(dense)
     with pytest.raises(TypeError, match=r"params\[0\].*not a low-rank layer"):
         DLRT(list(dense.parameters()))
