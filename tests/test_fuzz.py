@@ -49,7 +49,8 @@ OUTCOMES: Counter[str] = Counter()
 EXAMPLES = 40
 
 NAN, INF = float("nan"), float("inf")
-INTS = [0, 1, 2, 3, 5, -1, 2**40, 1.5, 2.0, True, None, "3", NAN, (2,), [2, 2]]
+# (no astronomically large sizes: an allocation failure is not an input-validation matter)
+INTS = [0, 1, 2, 3, 5, 300, -1, 1.5, 2.0, True, None, "3", NAN, (2,), [2, 2]]
 SMALL_INTS = [0, 1, 2, 3, -1, 1.5, True, None, "2", (1, 1), (1, 2, 3)]
 FLOATS = [
     0.0,
@@ -80,7 +81,6 @@ DTYPES = [
     torch.complex64,
     torch.bool,
     "float32",
-    float,
 ]
 DEVICES = [None, "cpu", torch.device("cpu"), "cpu:0", "cuda", "cuda:0", "nope", 0, -1, 3.5]
 GENERATORS = [None, torch.Generator().manual_seed(1), 3, "seed"]
@@ -121,9 +121,14 @@ def _train_layer(layer: nn.Module, x: torch.Tensor) -> None:
 
 
 def _layer_input(layer: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
-    dt = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+    base = getattr(layer, "base_layer", None)
+    if base is not None:  # adapters: the input has the dtype of the frozen base layer
+        dt = base.weight.dtype
+    else:
+        dt = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+        dt = dt or torch.get_default_dtype()
     dev = next(layer.parameters()).device
-    base = getattr(layer, "base_layer", layer)
+    base = base if base is not None else layer
     if isinstance(layer, (LowRankConv2d, TuckerConv2d)) or isinstance(base, nn.Conv2d):
         return torch.randn(2, base.in_channels, 7, 7, dtype=dt, device=dev)
     return torch.randn(3, base.in_features, dtype=dt, device=dev)
@@ -458,9 +463,13 @@ def _use_config(cfg):
     layers = model.adapter_layers()
     assert layers
     x = torch.randn(3, 6)
+    outs = [model(x)]
     if any(isinstance(la, (LowRankConv2dAdapter, TuckerConv2dAdapter)) for la in layers.values()):
-        model.get_base_model().conv(torch.randn(1, 2, 5, 5)).sum().backward()
-    model(x).sum().backward()
+        outs.append(model.get_base_model().conv(torch.randn(1, 2, 5, 5)))
+    for out in outs:
+        assert torch.isfinite(out).all()
+        if out.requires_grad:  # (rank-0 adapters around frozen layers: nothing to train)
+            out.sum().backward()
 
 
 def _materialise(name: str, kw: dict) -> dict:
@@ -521,27 +530,27 @@ def _run_one(target: str, changes: dict) -> None:
     OUTCOMES["works"] += 1
 
 
+_HYPER = (
+    "scaling",
+    "dropout",
+    "lr",
+    "tau",
+    "rtol",
+    "atol",
+    "eps",
+    "momentum",
+    "beta2",
+    "weight_decay",
+    "dampening",
+)
+
+
 def _check_accepted_values(target: str, changes: dict) -> None:
     """Values that must never be silently accepted (NaN/Inf hyper-parameters)."""
     for k, v in changes.items():
-        if (
-            isinstance(v, float)
-            and not math.isfinite(v)
-            and k
-            in (
-                "scaling",
-                "dropout",
-                "lr",
-                "tau",
-                "rtol",
-                "atol",
-                "eps",
-                "momentum",
-                "beta2",
-                "weight_decay",
-                "dampening",
-            )
-        ):
+        if k == "atol" and v == INF:
+            continue  # RankRule(atol=inf) is meaningful: keep min_rank
+        if isinstance(v, float) and not math.isfinite(v) and k in _HYPER:
             raise AssertionError(f"{target}: {k}={v!r} was accepted")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -252,7 +253,27 @@ class AdapterConfig:
             raise TypeError(
                 f"rank_pattern must be a dict {{str: int >= 0}}, got {self.rank_pattern!r}"
             )
-        self.tucker_full_modes = [int(k) for k in self.tucker_full_modes]
+        tfm = self.tucker_full_modes
+        if not isinstance(tfm, (list, tuple)) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 3 for k in tfm
+        ):
+            raise ValueError(f"tucker_full_modes must be a list of modes in [0, 3], got {tfm!r}")
+        self.tucker_full_modes = [int(k) for k in tfm]
+        seed = self.init_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"init_seed must be an int or None, got {seed!r}")
+        for name, pats in (
+            ("target_modules", self.target_modules),
+            ("exclude_modules", self.exclude_modules),
+            ("rank_pattern", list(self.rank_pattern)),
+        ):
+            for pat in [pats] if isinstance(pats, str) else (pats or []):
+                try:
+                    re.compile(pat)
+                except re.error as exc:
+                    raise ValueError(
+                        f"{name}: invalid regular expression {pat!r} ({exc})"
+                    ) from None
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -184,3 +184,47 @@ def replace_data(p: torch.Tensor, new: torch.Tensor) -> None:
         other = torch.float64 if p.dtype != torch.float64 else torch.float32
         p.data = torch.empty(0, dtype=other, device=p.device)
     p.data = new
+
+
+FACTOR_DTYPES = (torch.float32, torch.float64)
+
+
+def check_factor_dtype(dtype: object) -> torch.dtype | None:
+    """``dtype`` of the factors: ``None``, ``torch.float32`` or ``torch.float64``.
+
+    QR/SVD (LAPACK) need single or double precision; half-precision *activations* are
+    supported with float32 factors (the layers cast them).
+    """
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+    if dtype not in FACTOR_DTYPES:
+        raise TypeError(
+            f"dtype must be torch.float32 or torch.float64 for the factors, got {dtype} "
+            "(float16/bfloat16 activations work with float32 factors)"
+        )
+    return dtype
+
+
+def check_factory_kwargs(
+    dtype: object, device: object, generator: object
+) -> tuple[torch.dtype, torch.device | None]:
+    """Validate the factory arguments of a layer; returns ``(dtype or default, device)``.
+
+    Raises :class:`TypeError`/:class:`ValueError` naming ``dtype``, ``device`` (unknown or
+    unavailable, e.g. ``"cuda"`` without CUDA) or ``generator``.
+    """
+    dt = check_factor_dtype(dtype)
+    dev = None
+    if device is not None:
+        if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+            raise TypeError(f"device must be a str, int or torch.device, got {device!r}")
+        try:
+            dev = torch.device(device)
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise ValueError(f"device {device!r} is not available: {exc}") from None
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    return (dt if dt is not None else torch.get_default_dtype()), dev

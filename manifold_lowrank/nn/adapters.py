@@ -30,7 +30,10 @@ import torch
 from torch import nn
 
 from manifold_lowrank.nn._utils import (
+    check_factor_dtype,
+    check_factory_kwargs,
     check_max_rank,
+    check_positive_int,
     check_rank,
     mode_dot,
     random_orthonormal,
@@ -54,7 +57,7 @@ BiasMode = Literal["none", "all", "adapter_only"]
 
 def _adapter_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
-        return dtype
+        return check_factor_dtype(dtype)  # type: ignore[return-value]
     return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -76,6 +79,8 @@ class _AdapterMixin:
     ) -> None:
         if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
             raise TypeError(f"scaling must be a float, got {type(scaling).__name__}")
+        if scaling != scaling or abs(scaling) == float("inf"):
+            raise ValueError(f"scaling must be finite, got {scaling!r}")
         if not isinstance(dropout, (int, float)) or not (0.0 <= float(dropout) < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.base_layer = base
@@ -275,6 +280,9 @@ class AdaptedLinear(LowRankAdapter):
         freeze_base: bool = False,
         record_projected_grads: bool = True,
     ) -> None:
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
+        check_factory_kwargs(dtype, device, generator)
         base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         super().__init__(
             base,

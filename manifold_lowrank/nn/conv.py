@@ -9,6 +9,7 @@ from torch import nn
 
 from manifold_lowrank.linalg import truncated_svd
 from manifold_lowrank.nn._utils import (
+    check_factory_kwargs,
     check_max_rank,
     check_positive_int,
     check_rank,
@@ -94,7 +95,7 @@ class LowRankConv2d(LowRankModule):
         r = check_rank(
             "rank", rank, mr, limit_name="max_rank" if max_rank else "min(out, in*kh*kw)"
         )
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        dtype, device = check_factory_kwargs(dtype, device, generator)
         kw_ = {"generator": generator, "device": device, "dtype": dtype}
         if init_is_skipped():
             U = torch.eye(m, r, device=device, dtype=dtype)

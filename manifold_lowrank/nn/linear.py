@@ -9,6 +9,7 @@ from torch import nn
 
 from manifold_lowrank.linalg import RankRule, truncated_svd
 from manifold_lowrank.nn._utils import (
+    check_factory_kwargs,
     check_max_rank,
     check_positive_int,
     check_rank,
@@ -108,7 +109,7 @@ class LowRankLinear(LowRankModule):
         full = min(m, n)
         mr = check_max_rank(max_rank, full)
         r = check_rank("rank", rank, mr, limit_name="max_rank" if max_rank else "")
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        dtype, device = check_factory_kwargs(dtype, device, generator)
         kw = {"generator": generator, "device": device, "dtype": dtype}
         if init_is_skipped():  # from_dense: the factors are overwritten right away
             S = torch.eye(r, device=device, dtype=dtype)

@@ -10,6 +10,7 @@ from torch import nn
 
 from manifold_lowrank.linalg import RankRule, truncated_svd
 from manifold_lowrank.nn._utils import (
+    check_factory_kwargs,
     check_positive_int,
     conv_padding,
     init_is_skipped,
@@ -76,7 +77,7 @@ def resolve_tucker_ranks(
     if max_ranks is None:
         mrs = list(dims)
     else:
-        if len(max_ranks) != d:
+        if not isinstance(max_ranks, Sequence) or isinstance(max_ranks, str) or len(max_ranks) != d:
             raise ValueError(f"max_ranks must have {d} entries, got {max_ranks!r}")
         mrs = list(max_ranks)
     out = []
@@ -218,7 +219,7 @@ class TuckerConv2d(TuckerModule):
         self.dilation = pair("dilation", dilation, minimum=1)
         dims = (cout, cin, kh, kw)
         rs, fm, mrs = resolve_tucker_ranks(dims, ranks, full_modes, max_ranks)
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        dtype, device = check_factory_kwargs(dtype, device, generator)
         fan_in = cin * kh * kw
         bound = 1.0 / math.sqrt(fan_in)
         if init_is_skipped():

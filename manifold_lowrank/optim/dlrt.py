@@ -258,8 +258,18 @@ def _factor_params(layer: nn.Module) -> list[nn.Parameter]:
 
 
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    """Whether every tensor is finite: one fused max-norm per dtype and one host sync."""
+    ts = [t for t in tensors if t.numel()]
+    if not ts:
+        return True
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for t in ts:
+        by_dtype.setdefault((t.dtype, t.device), []).append(t)
+    flags = [
+        torch.isfinite(torch.stack(torch._foreach_norm(group, math.inf))).all()
+        for group in by_dtype.values()
+    ]
+    return bool(torch.stack(flags).all()) if len(flags) > 1 else bool(flags[0])
 
 
 def _flatten(x: Any) -> list[torch.Tensor]:
@@ -434,6 +444,9 @@ class DLRT(LowRankOptimizer):
             layer_groups, defaults, nan_policy=nan_policy, record_history=record_history
         )
         self._n_layer_groups = len(self.layers)
+        # the Parameter objects never change (rank changes replace .data): cache them
+        self._bases = {id(la): list(la.basis_parameters()) for la in self.layers}  # type: ignore[operator]
+        self._coefs = {id(la): la.coefficient_parameters()[0] for la in self.layers}  # type: ignore[operator]
         for g in dense_groups:
             self.add_param_group(g)
         for i, g in enumerate(self.param_groups):
@@ -615,6 +628,9 @@ class DLRT(LowRankOptimizer):
         self._configure_layers()
 
     # ------------------------------------------------------------------ configuration
+    def _coef(self, layer: nn.Module) -> nn.Parameter:
+        return self._coefs[id(layer)]
+
     def _ranks_list(self) -> list[Any]:
         return [layer_rank(la) for la in self.layers]
 
@@ -626,8 +642,9 @@ class DLRT(LowRankOptimizer):
     def _configure_layers(self, record: bool | None = None) -> None:
         rec = self._next_records() if record is None else record
         for layer in self.layers:
-            for p in layer.basis_parameters():  # type: ignore[operator]
-                p.requires_grad_(False)
+            for p in self._bases[id(layer)]:
+                if p.requires_grad:
+                    p.requires_grad_(False)
             layer.record_projected_grads = rec
 
     # ------------------------------------------------------------------ rank rules
@@ -671,30 +688,77 @@ class DLRT(LowRankOptimizer):
         self, group: Mapping[str, Any], state: Mapping[str, Any], x: torch.Tensor, g: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """One substep-optimizer update of ``x`` with gradient ``g`` (pure; new tensors)."""
-        lr, wd = float(group["lr"]), float(group["weight_decay"])
-        if wd != 0.0:
-            x = x * (1.0 - lr * wd)
-        new: dict[str, Any] = {}
-        t = int(state.get("step", 0)) + 1
-        new["step"] = t
+        return self._substep_many([(group, state, x, g)])[0]
+
+    def _substep_many(
+        self, items: list[tuple[Mapping[str, Any], Mapping[str, Any], torch.Tensor, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        """Substep updates of many tensors ``(group, state, x, g)``; pure (new tensors).
+
+        Tensors with equal hyperparameters and step count are updated together by
+        multi-tensor (``torch._foreach_*``) kernels, as torch's own optimizers do::
+
+            sgd:       x ← x − lr g
+            momentum:  b ← μ b + g (b₀ = g);  x ← x − lr b
+            adam:      m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;
+                       x ← x − lr/(1−β₁ᵗ) · m / (√(v/(1−β₂ᵗ)) + ε)
+
+        preceded by the decoupled decay ``x ← (1 − lr·wd) x``.
+        """
+        out: list[Any] = [None] * len(items)
+        buckets: dict[tuple[Any, ...], list[int]] = {}
+        for i, (group, state, x, _) in enumerate(items):
+            key = (
+                float(group["lr"]),
+                float(group["weight_decay"]),
+                float(group["momentum"]),
+                tuple(float(b) for b in group["betas"]),
+                float(group["eps"]),
+                int(state.get("step", 0)),
+                "exp_avg" in state or "momentum_buffer" in state,
+                x.dtype,
+                x.device,
+            )
+            buckets.setdefault(key, []).append(i)
         kind = self.substep_optimizer
-        if kind == "sgd":
-            return x - lr * g, new
-        if kind == "momentum":
-            mu = float(group["momentum"])
-            buf = state.get("momentum_buffer")
-            buf = g.clone() if buf is None else buf * mu + g
-            new["momentum_buffer"] = buf
-            return x - lr * buf, new
-        b1, b2 = (float(b) for b in group["betas"])
-        m = state.get("exp_avg")
-        v = state.get("exp_avg_sq")
-        m = (1.0 - b1) * g if m is None else m * b1 + (1.0 - b1) * g
-        v = (1.0 - b2) * g * g if v is None else v * b2 + (1.0 - b2) * g * g
-        new["exp_avg"], new["exp_avg_sq"] = m, v
-        bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
-        denom = (v / bc2).sqrt_().add_(float(group["eps"]))
-        return x - (lr / bc1) * m / denom, new
+        for key, idx in buckets.items():
+            lr, wd, mu, (b1, b2), eps, t0, has_state = key[:7]
+            t = t0 + 1
+            xs = [items[i][2] for i in idx]
+            gs = [items[i][3] for i in idx]
+            states = [items[i][1] for i in idx]
+            if wd != 0.0:
+                xs = list(torch._foreach_mul(xs, 1.0 - lr * wd))
+            extra: list[dict[str, Any]] = [{"step": t} for _ in idx]
+            if kind == "sgd":
+                new = torch._foreach_add(xs, gs, alpha=-lr)
+            elif kind == "momentum":
+                if has_state:
+                    bufs = list(torch._foreach_mul([s["momentum_buffer"] for s in states], mu))
+                    torch._foreach_add_(bufs, gs)
+                else:
+                    bufs = [g.clone() for g in gs]
+                new = torch._foreach_add(xs, bufs, alpha=-lr)
+                for e, b in zip(extra, bufs):
+                    e["momentum_buffer"] = b
+            else:
+                if has_state:
+                    ms = list(torch._foreach_mul([s["exp_avg"] for s in states], b1))
+                    torch._foreach_add_(ms, gs, alpha=1.0 - b1)
+                    vs = list(torch._foreach_mul([s["exp_avg_sq"] for s in states], b2))
+                    torch._foreach_addcmul_(vs, gs, gs, value=1.0 - b2)
+                else:
+                    ms = list(torch._foreach_mul(gs, 1.0 - b1))
+                    vs = list(torch._foreach_mul(torch._foreach_mul(gs, gs), 1.0 - b2))
+                bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+                denom = torch._foreach_sqrt(torch._foreach_div(vs, bc2))
+                torch._foreach_add_(denom, eps)
+                new = torch._foreach_add(xs, torch._foreach_div(ms, denom), alpha=-lr / bc1)
+                for e, m, v in zip(extra, ms, vs):
+                    e["exp_avg"], e["exp_avg_sq"] = m, v
+            for i, n, e in zip(idx, new, extra):
+                out[i] = (n, e)
+        return out
 
     @staticmethod
     def _transport_state(
@@ -851,7 +915,7 @@ class DLRT(LowRankOptimizer):
     def _commit_layer(self, i: int, point: Any, new_state: dict[str, Any]) -> None:
         layer = self.layers[i]
         if isinstance(point, torch.Tensor):  # coefficient step: same shape, write in place
-            coef = layer.coefficient_parameters()[0]  # type: ignore[operator]
+            coef = self._coef(layer)
             coef.copy_(point)
         else:
             layer.set_point(point)  # type: ignore[operator]
@@ -869,17 +933,21 @@ class DLRT(LowRankOptimizer):
     def _dense_grads(self) -> list[torch.Tensor]:
         return [p.grad for g in self.dense_param_groups for p in g["params"] if p.grad is not None]
 
-    def _dense_updates(self) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-        out = []
+    def _dense_items(self) -> list[tuple[Any, ...]]:
+        items = []
         for group in self.dense_param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("DLRT does not support sparse gradients")
-                new, st = self._substep(group, self.state[p], p.detach(), p.grad)
-                out.append((p, new, st))
-        return out
+                items.append((p, group, self.state[p], p.detach(), p.grad))
+        return items
+
+    def _dense_updates(self) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+        items = self._dense_items()
+        res = self._substep_many([it[1:] for it in items])
+        return [(it[0], new, st) for it, (new, st) in zip(items, res)]
 
     def _commit_dense(
         self, updates: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
@@ -926,32 +994,37 @@ class DLRT(LowRankOptimizer):
             if augmenting:
                 grads.append(layer.projected_grads)  # type: ignore[attr-defined]
             else:
-                grads.append(layer.coefficient_parameters()[0].grad)  # type: ignore[operator]
-        bad = self._nonfinite_layers(grads)
-        if bad or not _all_finite(self._dense_grads()):
+                grads.append(self._coef(layer).grad)
+        if not _all_finite([t for g in grads for t in _flatten(g)] + self._dense_grads()):
+            bad = self._nonfinite_layers(grads)
             self._handle_nonfinite(bad or ["<dense parameters>"], "gradients")
             return loss
         # 2. compute every update without writing
-        updates: list[tuple[int, Any, dict[str, Any]]] = []
-        truncated = False
+        pending: list[tuple[int, Any, dict[str, Any]]] = []
+        coef_items: list[tuple[int, dict[str, Any], tuple[Any, ...]]] = []
         for i, (layer, group, g) in enumerate(zip(self.layers, self.param_groups, grads)):
-            state = dict(self._state_of(i))
             if g is None:
                 continue
+            state = dict(self._state_of(i))
             if augmenting:
-                new, st = self._augment_step(layer, group, state, g)
+                pending.append((i, *self._augment_step(layer, group, state, g)))
             else:
-                coef = layer.coefficient_parameters()[0]  # type: ignore[operator]
-                new, st = self._substep(group, state, coef.detach(), g)
-                st = {**state, **st}
+                coef = self._coef(layer)
+                coef_items.append((i, state, (group, state, coef.detach(), g)))
+        dense_items = self._dense_items()
+        results = self._substep_many([it[2] for it in coef_items] + [it[1:] for it in dense_items])
+        for (i, state, _), (new, st) in zip(coef_items, results):
+            pending.append((i, new, {**state, **st}))
+        dense = [(it[0], new, st) for it, (new, st) in zip(dense_items, results[len(coef_items) :])]
+        updates: list[tuple[int, Any, dict[str, Any]]] = []
+        truncated = False
+        for i, new, st in pending:
             if truncating and st.get("augmented", False):
-                point = new
-                if isinstance(new, torch.Tensor):
-                    point = _with_coefficients(layer, new)
-                new, st = self._truncate_layer(layer, group, st, point)
+                layer = self.layers[i]
+                point = _with_coefficients(layer, new) if isinstance(new, torch.Tensor) else new
+                new, st = self._truncate_layer(layer, self.param_groups[i], st, point)
                 truncated = True
             updates.append((i, new, st))
-        dense = self._dense_updates()
         finite = _all_finite(
             [t for _, new, _ in updates for t in _flatten(new)] + [new for _, new, _ in dense]
         )
@@ -1044,7 +1117,7 @@ class DLRT(LowRankOptimizer):
             closure()
         updates = []
         for i, layer in enumerate(self.layers):
-            coef = layer.coefficient_parameters()[0]  # type: ignore[operator]
+            coef = self._coef(layer)
             state = dict(self._state_of(i))
             if coef.grad is None or not state.get("augmented", False):
                 continue
