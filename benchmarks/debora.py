@@ -21,7 +21,7 @@ seconds per iteration and per pass.
 0–4 of the bundled scikit-learn digits, then adapted to digits 5–9 (relabelled, head frozen,
 RAC-LoRA's transfer protocol) through adapters on ``conv2`` and ``conv3`` only:
 peft LoRA-Conv2d (r=4), GeoLoRA with Tucker adapters (τ=0.1), dEBORA with Tucker adapters
-and with CP adapters (τ ∈ {2, 4}).
+and with CP adapters (τ ∈ {8, 16}).
 
 Reported: test accuracy (mean ± std over seeds), trainable parameters at the end (stored
 tensors, and *effective*: dEBORA ``r(m+n+1)`` per matrix, Tucker ``r(out + r₂·kh·kw + 1) +
@@ -53,12 +53,15 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--lr-debora", type=float, default=2e-2, help="lower-level step length")
     p.add_argument("--fw-step", type=float, default=0.05, help="constant FW step")
-    p.add_argument("--digit-steps", type=int, default=400)
-    p.add_argument("--digit-budgets", type=float, nargs="+", default=[2.0, 4.0])
+    p.add_argument("--digit-steps", type=int, default=300)
+    p.add_argument("--digit-budgets", type=float, nargs="+", default=[8.0, 16.0])
+    p.add_argument("--only-debora", action="store_true", help="MiniLM: skip the anchors")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
-    if a.quick:
-        a.seeds, a.steps, a.digit_steps = 1, 30, 150
+    if a.quick:  # explicit --steps / --digit-steps win
+        a.seeds = 1
+        a.steps = 30 if a.steps == p.get_default("steps") else a.steps
+        a.digit_steps = 150 if a.digit_steps == p.get_default("digit_steps") else a.digit_steps
     return a
 
 
@@ -202,7 +205,8 @@ def run_minilm() -> None:
             r.setdefault(k, []).append(v)
 
     for seed in range(ARGS.seeds):
-        for method, kw in [("lora", {}), ("adalora", {}), ("geolora", {"tau": 0.1})]:
+        anchors = [("lora", {}), ("adalora", {}), ("geolora", {"tau": 0.1})]
+        for method, kw in [] if ARGS.only_debora else anchors:
             run = fm.make_run(method, seed, **kw)
             info = fm.train(run, train_data, train_y, seed)
             acc = fm.accuracy(run.model, test_data, test_y)

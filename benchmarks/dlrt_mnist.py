@@ -47,7 +47,6 @@ Run: ``python benchmarks/dlrt_mnist.py [--quick] [--part all|mlp|lenet|uv|timing
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -135,8 +134,9 @@ def lenet_lowrank(g: torch.Generator, *, tucker: bool = True, ranks=(10, 20, 64)
         if tucker
         else LowRankConv2d(20, 50, 5, r2, generator=g)
     )
-    return LeNet5(LowRankConv2d(1, 20, 5, r1, generator=g), conv2, LowRankLinear(800, 500, r3,
-                                                                                  generator=g))
+    return LeNet5(
+        LowRankConv2d(1, 20, 5, r1, generator=g), conv2, LowRankLinear(800, 500, r3, generator=g)
+    )
 
 
 def n_params(model: nn.Module) -> int:
@@ -167,8 +167,9 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(_nbytes(v) for st in opt.state.values() for v in st.values()
-               if isinstance(v, torch.Tensor))
+    return sum(
+        _nbytes(v) for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
 
 
 def _grad_bytes(model: nn.Module) -> int:
@@ -236,8 +237,12 @@ def train(
             t0 = time.perf_counter()
             opt.zero_grad()
             if len(times) < n_meter:
-                meter.step(model, opt, lambda x=x, y=y: F.cross_entropy(model(x), y),
-                           lambda loss: loss.backward())
+                meter.step(
+                    model,
+                    opt,
+                    lambda x=x, y=y: F.cross_entropy(model(x), y),
+                    lambda loss: loss.backward(),
+                )
             else:
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
@@ -247,8 +252,13 @@ def train(
     if isinstance(opt, DLRT):
         opt.truncate()  # the run may stop mid-cycle: compress before counting
     accs[epochs] = evaluate(model, data.X_test, data.y_test)
-    return {"acc": accs, "s_per_step": statistics.mean(times[n_meter:] or times),
-            "peak_mem": meter.peak, "params": n_params(model), "ranks": lr_ranks(model)}
+    return {
+        "acc": accs,
+        "s_per_step": statistics.mean(times[n_meter:] or times),
+        "peak_mem": meter.peak,
+        "params": n_params(model),
+        "ranks": lr_ranks(model),
+    }
 
 
 def _ms(xs: list[float]) -> str:
@@ -270,18 +280,22 @@ def _fmt_ranks(rs: list[list[Any]]) -> str:
 
 def table(title: str, rows: list[tuple[str, list[dict[str, Any]]]], dense_params: int) -> None:
     print(f"\n{title}")
-    hdr = (f"{'method':<26} {'test acc %':>15} {'ranks (mean)':>22} {'params':>9} "
-           f"{'compr. %':>8} {'ms/step':>8} {'peak MiB':>9}")
+    hdr = (
+        f"{'method':<26} {'test acc %':>15} {'ranks (mean)':>22} {'params':>9} "
+        f"{'compr. %':>8} {'ms/step':>8} {'peak MiB':>9}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for name, runs in rows:
         acc = [r["acc"][max(r["acc"])] for r in runs]
         params = statistics.mean(r["params"] for r in runs)
         ranks = _fmt_ranks([r["ranks"] for r in runs]) if runs[0]["ranks"] else "dense"
-        print(f"{name:<26} {_ms(acc):>15} {ranks:>22} {params:>9.0f} "
-              f"{100 * (1 - params / dense_params):>8.1f} "
-              f"{1e3 * statistics.mean(r['s_per_step'] for r in runs):>8.1f} "
-              f"{statistics.mean(r['peak_mem'] for r in runs) / 2**20:>9.2f}")
+        print(
+            f"{name:<26} {_ms(acc):>15} {ranks:>22} {params:>9.0f} "
+            f"{100 * (1 - params / dense_params):>8.1f} "
+            f"{1e3 * statistics.mean(r['s_per_step'] for r in runs):>8.1f} "
+            f"{statistics.mean(r['peak_mem'] for r in runs) / 2**20:>9.2f}"
+        )
 
 
 # ============================================================================ parts
@@ -291,8 +305,16 @@ def part_mlp(args: argparse.Namespace, data: Any) -> None:
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         m = mlp_dense()
-        rows[0][1].append(train(m, torch.optim.Adam(m.parameters(), lr=1e-3), data,
-                                epochs=args.epochs, batch=256, seed=seed))
+        rows[0][1].append(
+            train(
+                m,
+                torch.optim.Adam(m.parameters(), lr=1e-3),
+                data,
+                epochs=args.epochs,
+                batch=256,
+                seed=seed,
+            )
+        )
         for j, tau in enumerate(args.taus):
             torch.manual_seed(seed)
             m = mlp_lowrank(args.mlp_rank, torch.Generator().manual_seed(seed))
@@ -300,17 +322,22 @@ def part_mlp(args: argparse.Namespace, data: Any) -> None:
             rows[1 + j][1].append(train(m, opt, data, epochs=args.epochs, batch=256, seed=seed))
         print(f"  mlp seed {seed} done", flush=True)
     dense_params = n_params(mlp_dense())
-    table(f"MLP 784-500-500-500-10 on MNIST-5k, {args.epochs} epochs, {args.seeds} seeds "
-          f"(initial rank {args.mlp_rank}, augment every {args.augment_every})", rows,
-          dense_params)
+    table(
+        f"MLP 784-500-500-500-10 on MNIST-5k, {args.epochs} epochs, {args.seeds} seeds "
+        f"(initial rank {args.mlp_rank}, augment every {args.augment_every})",
+        rows,
+        dense_params,
+    )
     d_acc = statistics.mean(r["acc"][args.epochs] for r in rows[0][1])
     for name, runs in rows[1:]:
         acc = statistics.mean(r["acc"][args.epochs] for r in runs)
         cr = 1 - statistics.mean(r["params"] for r in runs) / dense_params
         ok = cr >= 0.85 and acc >= d_acc - 0.01
-        print(f"  {name}: compression {100 * cr:.1f} %, accuracy {100 * (acc - d_acc):+.2f} "
-              f"points vs dense -> target (>=85 % and within 1 point) "
-              f"{'MET' if ok else 'not met'}")
+        print(
+            f"  {name}: compression {100 * cr:.1f} %, accuracy {100 * (acc - d_acc):+.2f} "
+            f"points vs dense -> target (>=85 % and within 1 point) "
+            f"{'MET' if ok else 'not met'}"
+        )
 
 
 def part_lenet(args: argparse.Namespace, data: Any) -> None:
@@ -319,27 +346,41 @@ def part_lenet(args: argparse.Namespace, data: Any) -> None:
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         m = lenet_dense()
-        rows[0][1].append(train(m, torch.optim.Adam(m.parameters(), lr=args.lenet_lr), data,
-                                epochs=args.lenet_epochs, batch=128, seed=seed))
+        rows[0][1].append(
+            train(
+                m,
+                torch.optim.Adam(m.parameters(), lr=args.lenet_lr),
+                data,
+                epochs=args.lenet_epochs,
+                batch=128,
+                seed=seed,
+            )
+        )
         for j, tau in enumerate(args.lenet_taus):
             torch.manual_seed(seed)
             m = lenet_lowrank(torch.Generator().manual_seed(seed))
             opt = DLRT(m, lr=args.lenet_lr, tau=tau, augment_every=args.augment_every)
-            rows[1 + j][1].append(train(m, opt, data, epochs=args.lenet_epochs, batch=128,
-                                        seed=seed))
+            rows[1 + j][1].append(
+                train(m, opt, data, epochs=args.lenet_epochs, batch=128, seed=seed)
+            )
         print(f"  lenet seed {seed} done", flush=True)
     dense_params = n_params(lenet_dense())
-    table(f"LeNet5 on MNIST-5k, {args.lenet_epochs} epochs, {args.seeds} seeds "
-          "(ranks: conv1 LowRankConv2d / conv2 TuckerConv2d (out,in) / fc1 LowRankLinear)",
-          rows, dense_params)
+    table(
+        f"LeNet5 on MNIST-5k, {args.lenet_epochs} epochs, {args.seeds} seeds "
+        "(ranks: conv1 LowRankConv2d / conv2 TuckerConv2d (out,in) / fc1 LowRankLinear)",
+        rows,
+        dense_params,
+    )
     d_acc = statistics.mean(r["acc"][args.lenet_epochs] for r in rows[0][1])
     for name, runs in rows[1:]:
         acc = statistics.mean(r["acc"][args.lenet_epochs] for r in runs)
         cr = 1 - statistics.mean(r["params"] for r in runs) / dense_params
         ok = cr >= 0.80 and acc >= d_acc - 0.015
-        print(f"  {name}: compression {100 * cr:.1f} %, accuracy {100 * (acc - d_acc):+.2f} "
-              f"points vs dense -> target (>=80 % and within 1.5 points) "
-              f"{'MET' if ok else 'not met'}")
+        print(
+            f"  {name}: compression {100 * cr:.1f} %, accuracy {100 * (acc - d_acc):+.2f} "
+            f"points vs dense -> target (>=80 % and within 1.5 points) "
+            f"{'MET' if ok else 'not met'}"
+        )
 
 
 def part_uv(args: argparse.Namespace, data: Any) -> None:
@@ -348,29 +389,44 @@ def part_uv(args: argparse.Namespace, data: Any) -> None:
     for seed in range(args.seeds):
         for name in res:
             torch.manual_seed(seed)
-            m = lenet_lowrank(torch.Generator().manual_seed(seed), tucker=False,
-                              ranks=(10, 20, 20))
+            m = lenet_lowrank(torch.Generator().manual_seed(seed), tucker=False, ranks=(10, 20, 20))
             if name.startswith("DLRT"):
-                opt: Any = DLRT(m, lr=args.uv_lr, tau=None, substep_optimizer="sgd",
-                                augment_every=args.augment_every)
+                opt: Any = DLRT(
+                    m,
+                    lr=args.uv_lr,
+                    tau=None,
+                    substep_optimizer="sgd",
+                    augment_every=args.augment_every,
+                )
             else:
                 for mod in m.modules():
                     if isinstance(mod, LowRankModule):
                         mod.record_projected_grads = False
                 opt = torch.optim.SGD(m.parameters(), lr=args.uv_lr)
-            res[name].append(train(m, opt, data, epochs=args.uv_epochs, batch=128, seed=seed,
-                                   eval_epochs=(half,)))
+            res[name].append(
+                train(
+                    m, opt, data, epochs=args.uv_epochs, batch=128, seed=seed, eval_epochs=(half,)
+                )
+            )
         print(f"  uv seed {seed} done", flush=True)
-    print(f"\nFixed rank (10/20/20) LeNet5: DLRT vs naive simultaneous SGD on the factors, "
-          f"SGD lr {args.uv_lr}, batch 128, {args.seeds} seeds")
-    print(f"{'method':<20} {f'acc % @ {half} ep':>18} {f'acc % @ {args.uv_epochs} ep':>18} "
-          f"{'ms/step':>8}")
+    print(
+        f"\nFixed rank (10/20/20) LeNet5: DLRT vs naive simultaneous SGD on the factors, "
+        f"SGD lr {args.uv_lr}, batch 128, {args.seeds} seeds"
+    )
+    print(
+        f"{'method':<20} {f'acc % @ {half} ep':>18} {f'acc % @ {args.uv_epochs} ep':>18} "
+        f"{'ms/step':>8}"
+    )
     for name, runs in res.items():
-        print(f"{name:<20} {_ms([r['acc'][half] for r in runs]):>18} "
-              f"{_ms([r['acc'][args.uv_epochs] for r in runs]):>18} "
-              f"{1e3 * statistics.mean(r['s_per_step'] for r in runs):>8.1f}")
-    print("  paper (LeNet5, full MNIST, rank 20, SGD 0.01): DLRT 95.2 / 97.1 % vs vanilla "
-          "UV 52.4 / 86.2 % after 10 / 20 epochs")
+        print(
+            f"{name:<20} {_ms([r['acc'][half] for r in runs]):>18} "
+            f"{_ms([r['acc'][args.uv_epochs] for r in runs]):>18} "
+            f"{1e3 * statistics.mean(r['s_per_step'] for r in runs):>8.1f}"
+        )
+    print(
+        "  paper (LeNet5, full MNIST, rank 20, SGD 0.01): DLRT 95.2 / 97.1 % vs vanilla "
+        "UV 52.4 / 86.2 % after 10 / 20 epochs"
+    )
 
 
 def part_timing(args: argparse.Namespace, data: Any) -> None:
@@ -433,23 +489,32 @@ def part_timing(args: argparse.Namespace, data: Any) -> None:
                 if isinstance(opt, DLRT):
                     kinds[name].setdefault(opt.last_step_kind or "?", []).append(dt)
     base = statistics.mean(times["dense + Adam"])
-    print(f"\nStep time, 784-500-500-500-10, batch 256, rank 32, {torch.get_num_threads()} "
-          f"thread(s), {len(times['dense + Adam'])} interleaved steps each "
-          "(mean over whole epochs = the default schedule's average)")
+    print(
+        f"\nStep time, 784-500-500-500-10, batch 256, rank 32, {torch.get_num_threads()} "
+        f"thread(s), {len(times['dense + Adam'])} interleaved steps each "
+        "(mean over whole epochs = the default schedule's average)"
+    )
     print(f"{'variant':<36} {'mean ms':>8} {'median ms':>9} {'x dense':>8}")
     for name, ts in times.items():
-        print(f"{name:<36} {1e3 * statistics.mean(ts):>8.2f} {1e3 * statistics.median(ts):>9.2f}"
-              f" {statistics.mean(ts) / base:>8.2f}")
+        print(
+            f"{name:<36} {1e3 * statistics.mean(ts):>8.2f} {1e3 * statistics.median(ts):>9.2f}"
+            f" {statistics.mean(ts) / base:>8.2f}"
+        )
     print("\nCost of each kind of DLRT step (median ms, x dense mean):")
     for name, per in kinds.items():
         if not per:
             continue
-        parts = ", ".join(f"{k}: {1e3 * statistics.median(v):.2f} ({statistics.median(v) / base:.2f}x,"
-                          f" n={len(v)})" for k, v in per.items())
+        parts = ", ".join(
+            f"{k}: {1e3 * statistics.median(v):.2f} ({statistics.median(v) / base:.2f}x,"
+            f" n={len(v)})"
+            for k, v in per.items()
+        )
         print(f"  {name}: {parts}")
     ratio = statistics.mean(times[f"DLRT default (aug. BUG, k={args.augment_every})"]) / base
-    print(f"  target: default DLRT step <= 0.7x dense -> {ratio:.2f}x "
-          f"{'MET' if ratio <= 0.7 else 'not met'}")
+    print(
+        f"  target: default DLRT step <= 0.7x dense -> {ratio:.2f}x "
+        f"{'MET' if ratio <= 0.7 else 'not met'}"
+    )
 
 
 def main() -> None:

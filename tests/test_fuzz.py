@@ -18,6 +18,7 @@ printed in the terminal summary (``fuzz: N inputs tried``).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections import Counter
 from typing import Any
@@ -46,7 +47,7 @@ from manifold_lowrank.optim.dlrt import DLRT
 
 TRIED: Counter[str] = Counter()
 OUTCOMES: Counter[str] = Counter()
-EXAMPLES = 40
+EXAMPLES = int(os.environ.get("MLR_FUZZ_EXAMPLES", "30"))  # per target
 
 NAN, INF = float("nan"), float("inf")
 # (no astronomically large sizes: an allocation failure is not an input-validation matter)
@@ -95,9 +96,12 @@ def _report(request):
     per = ", ".join(f"{k}={v}" for k, v in sorted(TRIED.items()))
     outs = ", ".join(f"{k}={v}" for k, v in sorted(OUTCOMES.items()))
     line = f"fuzz: {total} inputs tried ({per}); outcomes: {outs}"
-    if tr is not None:
-        tr.write_line(line)
-    print(line)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    if tr is not None and capman is not None:
+        with capman.global_and_fixture_disabled():  # visible without -s
+            tr.write_line(line)
+    else:
+        print(line)
 
 
 @pytest.fixture(autouse=True)

@@ -62,7 +62,9 @@ square root like a coefficient matrix, ``v ← (A √v Bᵀ)^{∘2}`` (the Robus
 is exact for augmentations and whenever ``A``, ``B`` are signed permutations (coordinates
 only reordered or flipped), keeps ``v ≥ 0``, and preserves the scale of ``v`` in
 general. Tucker layers use ``Z ← Z ×_k (U_{k,+}ᵀ U_k)`` and the same √v rule. Adam's
-step counter (bias correction) is per layer and is kept.
+step counter (bias correction) is per layer and is kept, so entries of new directions
+(zero moments) take a first step of ``≈ lr·(1−β₁)/√(1−β₂)`` (≈ 3.2 lr with the default
+betas) in the sign of their gradient, as in RobustDLRT.
 
 Other parameters
 ----------------
@@ -299,7 +301,8 @@ class DLRT(LowRankOptimizer):
         opt.truncate()                              # end mid-cycle: compress now
         print(opt.ranks(), opt.truncation_history[-1])
 
-    Three-pass variant (``integrator="bug"``), LBFGS-style::
+    The original re-evaluating variant (``integrator="bug"``: two passes per step, three
+    with ``separate_kl_passes=True``), LBFGS-style::
 
         def closure():
             opt.zero_grad()
@@ -318,7 +321,11 @@ class DLRT(LowRankOptimizer):
         Bare tensors/parameters and non-low-rank modules are rejected (a parameter does
         not identify its layer).
     lr : float
-        Learning rate of the substep optimizer (``≥ 0``).
+        Learning rate of the substep optimizer (``≥ 0``). An Adam step on the ``2r×2r``
+        core moves ``W`` by ``O(lr · r)`` in Frobenius norm, a dense Adam step by
+        ``O(lr √(mn))``: early training is slower at equal ``lr`` (on MNIST-5k a 3× larger
+        ``lr`` than dense Adam's 1e-3 closed the gap within a few epochs; over 20 epochs
+        both reached dense accuracy).
     tau : float or None
         Relative truncation tolerance ``τ ∈ [0, 1)``; ``None``: fixed rank (each layer is
         truncated back to its rank before the augmentation).
@@ -327,7 +334,11 @@ class DLRT(LowRankOptimizer):
         ``augment_every=1``; ``"bug"`` needs :meth:`step` ``(closure)``.
     augment_every : int, optional
         Cycle length ``k`` of ``"augmented_bug"`` (default 10): one augment step,
-        ``k − 1`` coefficient steps, truncation after the last.
+        ``k − 1`` coefficient steps, truncation after the last. Measured on MNIST-5k
+        (784-500-500-500-10, Adam 1e-3, 20 epochs): ``k = 10`` matched the dense
+        accuracy at 85–88 % compression (``k = 1`` lost 1–4 points: Adam's state is
+        rotated by every truncation) with a mean step of ≈ 0.42× the dense step at
+        rank 32 (``k = 1``: ≈ 0.9×); see ``benchmarks/dlrt_mnist.py``.
     substep_optimizer : {"sgd", "momentum", "adam"}
         Update of ``S`` (and of the dense parameters): ``S ← S − lr g``; heavy ball
         ``b ← μ b + g``, ``S ← S − lr b``; Adam (bias-corrected, as :class:`torch.optim.Adam`).

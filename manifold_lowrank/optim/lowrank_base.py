@@ -358,6 +358,16 @@ class LowRankOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         pgs = [layer.projected_grads for layer in self.layers]  # type: ignore[attr-defined]
+        merged = [
+            n
+            for n, layer, pg in zip(self.layer_names, self.layers, pgs)
+            if pg is not None and getattr(layer, "merged", False)
+        ]
+        if merged:
+            raise RuntimeError(
+                f"adapters {merged[:5]} are merged into their base weights; unmerge them "
+                "before an optimizer step (nothing was modified)"
+            )
         bad = [
             n
             for n, pg in zip(self.layer_names, pgs)

@@ -440,3 +440,15 @@ def test_model_without_lowrank_layers_is_rejected():
         GeoLoRA(nn.Sequential(nn.Linear(3, 3)), lr=0.1)
     with pytest.raises(TypeError, match="not a low-rank layer"):
         GeoLoRA([nn.Linear(3, 3)], lr=0.1)
+
+
+def test_step_on_a_merged_adapter_is_refused():
+    ad, x, y = _linear_adapter(seed=18)
+    opt = GeoLoRA(ad, lr=0.1)
+    _backward(ad, x, y)
+    before = [t.clone() for t in ad.point()]
+    ad.merge()
+    with pytest.raises(RuntimeError, match="merged"):
+        opt.step()
+    ad.unmerge()
+    assert all(torch.equal(a, b) for a, b in zip(ad.point(), before))
