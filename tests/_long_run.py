@@ -47,8 +47,7 @@ def build(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, tor
         M = FixedRank(M_OUT, N_IN, RANK)
         model = nn.Module()
         model.W = geoopt.ManifoldParameter(M.random(generator=g, dtype=dtype), manifold=M)
-        # the polar retraction inherits U's rounding error (≈ ε per step in float32, see
-        # manifold_lowrank.optim.riemannian); stabilize=k re-orthonormalises every k steps
+        # "<name>_default": stabilize=None; otherwise projx every 50 steps
         stab = None if name.endswith("_default") else 50
         if name.startswith("riemannian_sgd"):
             return model, RiemannianSGD([model.W], lr=0.02, momentum=0.9, stabilize=stab)

@@ -30,18 +30,10 @@ _GEOLORA_DRIFT = pytest.mark.xfail(
         "before the parallel step, S ← R_u S R_vᵀ (exact; DLRT does the same after truncation)"
     ),
 )
-_RIEMANNIAN_DEFAULT_DRIFT = pytest.mark.xfail(
-    strict=True,
-    reason="polar retraction without stabilize drifts ≈ ε per step (documented); use stabilize",
-)
 
 
 def _marks(name: str):
-    if name.startswith("geolora"):
-        return [_GEOLORA_DRIFT]
-    if name.endswith("_default"):
-        return [_RIEMANNIAN_DEFAULT_DRIFT]
-    return []
+    return [_GEOLORA_DRIFT] if name.startswith("geolora") else []
 
 
 FAST = [pytest.param(n, marks=_marks(n)) for n in L.OPTIMIZERS]

@@ -14,6 +14,7 @@ Public names
     plain gradients, rank decisions identical on every worker (why not DDP: see
     :mod:`~manifold_lowrank.distributed.sync`).
 :func:`broadcast_model`, :func:`broadcast_optimizer`, :func:`broadcast_generator`,
+:func:`broadcast_buffers`,
 :func:`broadcast_state_dict`, :func:`replicas_in_sync`, :func:`ddp_ignore_lowrank_factors`,
 :func:`all_reduce_mean`
     Broadcasts across rank changes (no pickle), replica checks, the DDP fallback.
@@ -37,6 +38,7 @@ from manifold_lowrank.distributed.sync import (
     DistributedLowRank,
     SyncStats,
     all_reduce_mean,
+    broadcast_buffers,
     broadcast_generator,
     broadcast_model,
     broadcast_optimizer,
@@ -56,6 +58,7 @@ __all__ = [
     "SyncStats",
     "TopK",
     "all_reduce_mean",
+    "broadcast_buffers",
     "broadcast_generator",
     "broadcast_model",
     "broadcast_optimizer",

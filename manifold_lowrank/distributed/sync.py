@@ -91,6 +91,7 @@ __all__ = [
     "DistributedLowRank",
     "SyncStats",
     "all_reduce_mean",
+    "broadcast_buffers",
     "broadcast_generator",
     "broadcast_model",
     "broadcast_optimizer",
@@ -387,12 +388,13 @@ def sync_gradients(
     results: dict[tuple[int, int], torch.Tensor] = {}
     for entries in buckets.values():
         flat = torch.cat([t.reshape(-1) for _, _, t in entries])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        if flat.numel():  # (only rank-0 layers in this bucket: nothing to send anywhere)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+            stats.collectives += 1
         if average and world > 1:
             flat.div_(world)
         stats.payload_bytes += flat.numel() * flat.element_size()
         stats.finite = stats.finite and bool(torch.isfinite(flat).all())
-        stats.collectives += 1
         stats.tensors += len(entries)
         off = 0
         for i, j, t in entries:
@@ -495,6 +497,34 @@ def broadcast_model(model: nn.Module, src: int = 0, group: Any = None) -> None:
     sd = broadcast_state_dict(model.state_dict(), src, group)
     if dist.get_rank(group) != src:
         model.load_state_dict(sd)
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, src: int = 0, group: Any = None) -> int:
+    """Copy every buffer of ``model`` (e.g. BatchNorm statistics) from rank ``src``, in place.
+
+    One broadcast per dtype of a flat buffer (buffers have fixed shapes). Returns the
+    number of bytes broadcast. Collective.
+    """
+    _require_dist(group)
+    src = _check_src(src, group)
+    dev = _comm_device(group)
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for b in model.buffers():
+        groups.setdefault(b.dtype, []).append(b)
+    nbytes = 0
+    for bufs in groups.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in bufs]).to(dev)
+        if not flat.numel():
+            continue
+        dist.broadcast(flat, src=_group_rank_to_global(group, src), group=group)
+        nbytes += flat.numel() * flat.element_size()
+        off = 0
+        for b in bufs:
+            n = b.numel()
+            b.copy_(flat[off : off + n].view(b.shape))
+            off += n
+    return nbytes
 
 
 def broadcast_generator(generator: torch.Generator, src: int = 0, group: Any = None) -> None:
@@ -621,6 +651,9 @@ class DistributedLowRank:
     on_divergence : {"raise", "resync"}
         What a failed verification does: raise :class:`RuntimeError`, or re-broadcast from
         ``src`` with a :class:`RuntimeWarning`.
+    sync_buffers : bool
+        After every step broadcast the model's buffers (BatchNorm running statistics, …)
+        from ``src``, as DDP does (their bytes are added to the statistics).
     nan_policy : {"skip", "raise", None}
         Non-finite reduced gradients (a NaN/Inf on *any* worker reaches all of them
         through the sum): ``"skip"`` — no optimizer steps, gradients cleared, a
@@ -656,6 +689,7 @@ class DistributedLowRank:
         src: int = 0,
         verify_every: int = 0,
         on_divergence: str = "raise",
+        sync_buffers: bool = True,
         nan_policy: str | None = "skip",
     ) -> None:
         _require_dist(group)
@@ -676,6 +710,7 @@ class DistributedLowRank:
             raise ValueError(f"nan_policy must be 'skip', 'raise' or None, got {nan_policy!r}")
         self.nan_policy = nan_policy
         self.nan_skips = 0
+        self.sync_buffers = bool(sync_buffers) and any(True for _ in model.buffers())
         self.model = model
         self.optimizers = opts
         self.group = group
@@ -769,6 +804,11 @@ class DistributedLowRank:
                 return out
         for opt in self.optimizers[1:]:
             opt.step()
+        if self.sync_buffers:
+            nb = broadcast_buffers(self.model, self.src, self.group)
+            if self._pending is not None:
+                self._pending.meta_bytes += nb
+                self._pending.collectives += 1
         self.last_stats = self._pending
         if self._pending is not None:
             self.bytes_total += self._pending.total_bytes

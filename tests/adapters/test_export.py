@@ -84,7 +84,7 @@ def test_ambiguous_names_are_exported_exactly(tmp_path, targets, names, list_ok,
     assert adapted.targeted_module_names == names
     g = torch.Generator().manual_seed(0)
     for i, layer in enumerate(adapted.adapter_layers().values()):
-        U, S, V = layer.point()
+        U, _, V = layer.point()
         k = 1 + i
         layer.set_point(FixedRankPoint(U[:, :k], torch.randn(k, k, generator=g), V[:, :k]))
     x = torch.randn(3, 6)

@@ -28,6 +28,17 @@ class _Data(torch.utils.data.Dataset):
         }
 
 
+@pytest.fixture
+def _no_shadowed_datasets(monkeypatch):
+    """The suite's ``tests/`` directory is on ``sys.path`` and holds ``tests/datasets``, which
+    transformers then mistakes for the optional Hugging Face ``datasets`` package."""
+    import transformers.trainer as tt
+
+    if not hasattr(getattr(tt, "datasets", None), "Dataset"):
+        monkeypatch.setattr(tt, "is_datasets_available", lambda: False)
+
+
+@pytest.mark.usefixtures("_no_shadowed_datasets")
 def test_callback_trains_adapters_and_head(tmp_path):
     from manifold_lowrank.adapters import GeoLoRACallback
 
@@ -36,9 +47,7 @@ def test_callback_trains_adapters_and_head(tmp_path):
         tiny_bert(),
         AdapterConfig(r=4, max_rank=8, target_modules=["query", "value"], task_type="SEQ_CLS"),
     )
-    frozen = {
-        n: p.detach().clone() for n, p in adapted.named_parameters() if not p.requires_grad
-    }
+    frozen = {n: p.detach().clone() for n, p in adapted.named_parameters() if not p.requires_grad}
     head = [p.detach().clone() for p in adapted.non_adapter_trainable_parameters()]
     deltas = {n: m.delta_weight().clone() for n, m in adapted.adapter_layers().items()}
     cb = GeoLoRACallback(lr=0.05, tau=0.2, max_rank=8, precondition="layer_rms")
@@ -56,9 +65,7 @@ def test_callback_trains_adapters_and_head(tmp_path):
         label_names=["labels"],
         disable_tqdm=True,
     )
-    trainer = transformers.Trainer(
-        model=adapted, args=args, train_dataset=_Data(), callbacks=[cb]
-    )
+    trainer = transformers.Trainer(model=adapted, args=args, train_dataset=_Data(), callbacks=[cb])
     trainer.train()
     assert cb.num_steps == 4
     assert len(cb.geolora.rank_history) == 4

@@ -17,9 +17,7 @@ from manifold_lowrank.optim import GeoLoRA
 
 
 def _ranks_changed(adapted: AdaptedModel) -> bool:
-    return any(
-        adapted._initial_ranks[n] != r for n, r in adapted.rank_pattern().items()
-    )
+    return any(adapted._initial_ranks[n] != r for n, r in adapted.rank_pattern().items())
 
 
 def test_save_load_round_trip_with_changed_ranks(case, tmp_path):
@@ -32,8 +30,10 @@ def test_save_load_round_trip_with_changed_ranks(case, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["library"] == "manifold_lowrank" and cfg["peft_type"] == "GEOLORA"
-    assert {n: (tuple(r["rank"]) if isinstance(r["rank"], list) else r["rank"])
-            for n, r in cfg["layers"].items()} == adapted.rank_pattern()
+    assert {
+        n: (tuple(r["rank"]) if isinstance(r["rank"], list) else r["rank"])
+        for n, r in cfg["layers"].items()
+    } == adapted.rank_pattern()
 
     fresh = make_model(case, seed=0)
     loaded = AdaptedModel.from_pretrained(fresh, tmp_path)

@@ -39,7 +39,9 @@ def test_all_linear_equals_peft():
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
     model = tiny_bert()
-    ours = find_target_modules(model, AdapterConfig(target_modules="all-linear", task_type="SEQ_CLS"))
+    ours = find_target_modules(
+        model, AdapterConfig(target_modules="all-linear", task_type="SEQ_CLS")
+    )
     theirs = _maybe_include_all_linear_layers(
         peft.LoraConfig(target_modules="all-linear", task_type="SEQ_CLS"), model
     ).target_modules

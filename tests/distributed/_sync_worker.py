@@ -21,9 +21,10 @@ from manifold_lowrank.distributed import (
     sync_gradients,
 )
 from manifold_lowrank.manifolds.types import FixedRankPoint
-from manifold_lowrank.nn import LowRankLinear
+from manifold_lowrank.nn import LowRankLinear, TuckerConv2d
 from manifold_lowrank.optim import GeoLoRA
 from manifold_lowrank.optim.dlrt import DLRT
+from manifold_lowrank.optim.lowrank_base import find_lowrank_layers, layer_rank
 
 F64 = torch.float64
 N, D_IN, D_HID, D_OUT = 24, 6, 10, 3
@@ -38,8 +39,17 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor]:
     return X, Y
 
 
-def make_model(seed: int) -> nn.Module:
+def make_data_conv() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(N, 2, 5, 5, generator=g, dtype=F64)
+    Y = torch.randn(N, 3, 3, 3, generator=g, dtype=F64)
+    return X, Y
+
+
+def make_model(seed: int, name: str = "") -> nn.Module:
     g = torch.Generator().manual_seed(seed)
+    if name == "geolora_tucker":
+        return nn.Sequential(TuckerConv2d(2, 3, 3, (1, 1), dtype=F64, generator=g))
     return nn.Sequential(
         LowRankLinear(D_IN, D_HID, 2, max_rank=6, dtype=F64, generator=g),
         nn.Tanh(),
@@ -48,6 +58,8 @@ def make_model(seed: int) -> nn.Module:
 
 
 def make_optimizers(name: str, model: nn.Module) -> list[torch.optim.Optimizer]:
+    if name == "geolora_tucker":
+        return [GeoLoRA(model, lr=2.0, tau=0.01, max_rank=3, momentum=0.5)]
     biases = [model[0].bias, model[2].bias]
     if name == "geolora":
         return [
@@ -70,8 +82,12 @@ def make_optimizers(name: str, model: nn.Module) -> list[torch.optim.Optimizer]:
     raise ValueError(name)
 
 
-def snapshot(model: nn.Module) -> tuple[list[int], torch.Tensor]:
-    ranks = [model[0].rank, model[2].rank]
+def _ranks(model: nn.Module) -> list:
+    return [layer_rank(m) for _, m in find_lowrank_layers(model)]
+
+
+def snapshot(model: nn.Module) -> tuple[list, torch.Tensor]:
+    ranks = _ranks(model)
     flat = torch.cat([t.detach().reshape(-1) for t in model.state_dict().values()])
     return ranks, flat.clone()
 
@@ -97,7 +113,7 @@ def train(
     records, payload, kinds, ranks_before = [snapshot(model)], [], [], []
     for t in range(STEPS):
         poison = nan_at is not None and t == nan_at
-        ranks_before.append([model[0].rank, model[2].rank])
+        ranks_before.append(_ranks(model))
 
         def closure(poison=poison):
             for o in opts:
@@ -133,8 +149,8 @@ def train(
     }
 
 
-def _shard(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    X, Y = make_data()
+def _shard(rank: int, world: int, name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    X, Y = make_data_conv() if name == "geolora_tucker" else make_data()
     n = N // world
     return X[rank * n : (rank + 1) * n], Y[rank * n : (rank + 1) * n]
 
@@ -142,16 +158,17 @@ def _shard(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
 def sync_worker(rank: int, world: int, names: list[str], extras: bool) -> dict:
     torch.use_deterministic_algorithms(True)
     x, y = _shard(rank, world)
-    X, Y = make_data()
     out: dict = {}
     for name in names:
+        xs, ys = _shard(rank, world, name)
+        X, Y = _shard(0, 1, name)
         # different initial weights per worker: the wrapper broadcasts rank 0's
-        model = make_model(seed=100 + rank)
+        model = make_model(seed=100 + rank, name=name)
         ddp = DistributedLowRank(model, make_optimizers(name, model))
-        out[name] = train(name, model, x, y, ddp=ddp)
+        out[name] = train(name, model, xs, ys, ddp=ddp)
         out[name]["in_sync"] = ddp.in_sync()
         if rank == 0:  # single-process full-batch reference from the same start
-            ref = make_model(seed=100)
+            ref = make_model(seed=100, name=name)
             out[name]["ref"] = train(name, ref, X, Y, opts=make_optimizers(name, ref))
     if not extras:
         return out
@@ -174,6 +191,21 @@ def sync_worker(rank: int, world: int, names: list[str], extras: bool) -> dict:
             o.step()
         recs.append(snapshot(model))
     out["ddp"] = {"ranks": [r for r, _ in recs], "flat": [f for _, f in recs]}
+    # BatchNorm statistics (buffers) differ per shard: broadcast from rank 0 after each step
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(
+        LowRankLinear(D_IN, D_HID, 2, dtype=F64, generator=g),
+        nn.BatchNorm1d(D_HID, dtype=F64),
+        nn.Tanh(),
+        LowRankLinear(D_HID, D_OUT, 2, dtype=F64, generator=g),
+    )
+    ddp = DistributedLowRank(model, [GeoLoRA(model, lr=0.1)])
+    for _ in range(2):
+        ddp.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        ddp.step()
+    out["bn_in_sync"] = ddp.in_sync()
+    out["bn_buffer_bytes"] = ddp.last_stats.meta_bytes
     # diverged ranks: sync raises the same error everywhere, a broadcast repairs
     model = make_model(seed=100)
     broadcast_model(model)

@@ -61,7 +61,7 @@ def _check_payload(res):
 
 @pytest.mark.distributed
 def test_two_processes_identical_and_equal_to_one_process():
-    names = ["geolora", "dlrt", "dlrt_bug"]
+    names = ["geolora", "dlrt", "dlrt_bug", "geolora_tucker"]
     res = launch_local(W.sync_worker, 2, (names, True), timeout=240)
     _check_identical_and_reference(res, names, 2)
     _check_payload(res[0])
@@ -79,6 +79,9 @@ def test_two_processes_identical_and_equal_to_one_process():
         assert r["ddp"]["ranks"] == res[0]["geolora"]["ranks"]
         for a, b in zip(r["ddp"]["flat"], res[0]["geolora"]["flat"]):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # buffers (BatchNorm statistics of different shards) are re-broadcast after each step
+    assert res[0]["bn_in_sync"] and res[1]["bn_in_sync"]
+    assert res[0]["bn_buffer_bytes"] > 0
     # diverged ranks: the same RuntimeError on both workers (no deadlock), then repaired
     msgs = [r["mismatch_error"] for r in res]
     assert msgs[0] is not None and msgs[0] == msgs[1]

@@ -46,8 +46,9 @@ def _linear_adapter(m=9, n=7, r=3, *, zero_s=False, seed=0, scaling=1.0):
         base.bias.copy_(torch.randn(m, generator=g, dtype=D))
     ad = LowRankAdapter(base, r, max_rank=min(m, n), scaling=scaling, generator=g)
     if not zero_s:
-        ad.set_point(FixedRankPoint(_orth(m, r, g), torch.randn(r, r, generator=g, dtype=D),
-                                    _orth(n, r, g)))
+        ad.set_point(
+            FixedRankPoint(_orth(m, r, g), torch.randn(r, r, generator=g, dtype=D), _orth(n, r, g))
+        )
     x = torch.randn(31, n, generator=g, dtype=D)
     y = torch.randn(31, m, generator=g, dtype=D)
     return ad, x, y
@@ -142,8 +143,9 @@ def test_conv2d_matrix_adapter_identity():
     base = nn.Conv2d(3, 6, 3, padding=1).to(D)
     ad = LowRankConv2dAdapter(base, 2, generator=g)
     m, n = ad.matrix_shape
-    ad.set_point(FixedRankPoint(_orth(m, 2, g), torch.randn(2, 2, generator=g, dtype=D),
-                                _orth(n, 2, g)))
+    ad.set_point(
+        FixedRankPoint(_orth(m, 2, g), torch.randn(2, 2, generator=g, dtype=D), _orth(n, 2, g))
+    )
     x = torch.randn(4, 3, 5, 5, generator=g, dtype=D)
     U, S, V = (t.clone() for t in ad.point())
     X = (U @ S @ V.T).requires_grad_(True)
@@ -166,8 +168,12 @@ def test_tucker_step_is_the_parallel_tucker_integrator():
     ad(x).pow(2).sum().backward()
     opt.step()
     assert ad.ranks[2:] == (3, 3)
-    point = TuckerPoint(*(t.clone() if isinstance(t, torch.Tensor) else tuple(f.clone() for f in t)
-                          for t in ad.point()))
+    point = TuckerPoint(
+        *(
+            t.clone() if isinstance(t, torch.Tensor) else tuple(f.clone() for f in t)
+            for t in ad.point()
+        )
+    )
     ad(x).pow(2).sum().backward()
     pg = ad.projected_grads
     rule = RankRule(rtol=0.1, min_rank=1, max_rank=4)
@@ -312,8 +318,9 @@ def _nan_setup(policy):
     _backward(ad, x, y)
     opt.step()  # creates state
     before = [t.clone() for t in ad.point()]
-    state_before = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-                    for k, v in opt._state_of(0).items()}
+    state_before = {
+        k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt._state_of(0).items()
+    }
     _backward(ad, x, y * float("nan"))
     return ad, opt, before, state_before
 
