@@ -472,7 +472,7 @@ def main() -> None:
             r.setdefault("state_mb", []).append(state_bytes(run) / 2**20)
             r.setdefault("nan", []).append(run.nan_losses)
             if seed == 0:
-                extra[run.name]["seed0"] = (acc, run.nan_losses, info["final_loss"])
+                extra.setdefault(run.name, {})["seed0"] = (acc, run.nan_losses, info["final_loss"])
             r.setdefault("train_step", []).append(
                 statistics.median(run.step_times[5:] or run.step_times)
             )

@@ -13,11 +13,12 @@ Public names
     Data-parallel DLRT/GeoLoRA/any optimizer: all-reduce of the projected gradients and
     plain gradients, rank decisions identical on every worker (why not DDP: see
     :mod:`~manifold_lowrank.distributed.sync`).
-:func:`broadcast_model`, :func:`broadcast_optimizer`, :func:`broadcast_generator`,
-:func:`broadcast_buffers`,
-:func:`broadcast_state_dict`, :func:`replicas_in_sync`, :func:`ddp_ignore_lowrank_factors`,
-:func:`all_reduce_mean`
-    Broadcasts across rank changes (no pickle), replica checks, the DDP fallback.
+:func:`broadcast_model`, :func:`broadcast_optimizer`, :func:`broadcast_generator`
+    Broadcasts across rank changes (no pickle).
+:func:`broadcast_buffers`, :func:`broadcast_state_dict`, :func:`all_reduce_mean`
+    Broadcast buffers and state dicts; mean all-reduce.
+:func:`replicas_in_sync`, :func:`ddp_ignore_lowrank_factors`
+    Replica checks, and the DDP fallback.
 """
 
 from manifold_lowrank.distributed.compressors import (

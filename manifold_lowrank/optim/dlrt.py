@@ -7,7 +7,7 @@ momentum or Adam) acting on the small coefficient matrix ``S`` only, and its sta
 carried through every change of basis and rank by explicit formulas.
 
 Default schedule: amortised one-pass augmented BUG (``integrator="augmented_bug"``)
-----------------------------------------------------------------------------------
+-----------------------------------------------------------------------------------
 The steps form cycles of ``k = augment_every`` optimizer steps, each with one ordinary
 forward/backward pass (a plain ``step()``):
 
@@ -80,7 +80,7 @@ Fine-tuning, history, checkpoints
 :meth:`DLRT.start_fine_tuning` truncates and then freezes the bases: the S-only phase
 of the paper (every step is a coefficient step). :attr:`rank_history` holds the ranks
 after every step (inside a cycle they are the augmented ranks);
-:attr:`truncation_history` those after every truncation (the compressed ranks — plot
+and :attr:`truncation_history` holds those after every truncation (the compressed ranks — plot
 these). :meth:`state_dict` / :meth:`load_state_dict` round-trip mid-cycle; load the
 model's ``state_dict`` first (the layers resize themselves), then the optimizer's.
 

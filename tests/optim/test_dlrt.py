@@ -392,6 +392,54 @@ def _cnn(seed, dtype=D):
     )
 
 
+def _dense_weights(model):
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, TuckerConv2d):
+            out[name] = mod.dense_kernel()
+        elif isinstance(mod, (LowRankConv2d, LowRankLinear)):
+            U, S, V = mod.point()
+            out[name] = U @ S @ V.T
+    return out
+
+
+@pytest.mark.parametrize("integrator", ["augmented_bug", "parallel", "bug"])
+def test_zero_lr_keeps_every_weight_through_augment_and_truncate(integrator):
+    """lr = 0, τ = 0: augmentation, state transport, truncation and re-orthonormalisation
+    keep every (matrix and Tucker) weight exactly, and the bases stay orthonormal."""
+    g = torch.Generator().manual_seed(12)
+    model = _cnn(12)
+    x = torch.randn(6, 1, 8, 8, generator=g, dtype=D)
+    y = torch.randint(0, 3, (6,), generator=g)
+    before = {k: v.clone() for k, v in _dense_weights(model).items()}
+    opt = DLRT(
+        model,
+        lr=0.0,
+        tau=0.0,
+        integrator=integrator,
+        augment_every=3 if integrator == "augmented_bug" else None,
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        if integrator == "bug":
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+    for k, w in _dense_weights(model).items():
+        assert torch.allclose(w, before[k], atol=1e-12), k
+    for mod in (model[0], model[5]):
+        U, _, V = mod.point()
+        assert torch.allclose(U.T @ U, torch.eye(U.shape[1], dtype=D), atol=1e-12)
+        assert torch.allclose(V.T @ V, torch.eye(V.shape[1], dtype=D), atol=1e-12)
+
+
 def test_state_dict_round_trip_after_rank_changes_mid_cycle():
     """Model + optimizer checkpoints load into freshly constructed ones (other ranks) and
     continue identically."""
