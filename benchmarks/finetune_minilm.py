@@ -24,8 +24,9 @@ Reported per method (mean ± std over seeds): test accuracy, final trainable par
 ranks), seconds per step (median), the step time relative to LoRA and to the *floor* (the
 frozen model's own forward + backward down to the embeddings, with nothing to update),
 GeoLoRA's optimizer share of its step (QR, small SVD, truncation), training-state memory
-(parameters + gradients + optimizer state, exact) and the peak memory (peak RSS of a fresh
-child process that runs a few training steps of the method, beside the frozen floor's).
+(parameters + gradients + optimizer state, exact) and the peak memory of training (peak RSS
+growth of a fresh child process while it runs a few training steps of the method, sampled
+every millisecond, beside the frozen floor's).
 
 Step times are measured in a separate **round-robin phase** after training (one step of each
 method in turn on the same batch, repeated), so that the load of this shared machine affects
@@ -383,30 +384,50 @@ PROBE_STEPS = 3
 
 
 def probe(method: str) -> None:
-    """Child process: a few training steps of one method, then print its peak RSS."""
-    import resource
+    """Child process: a few training steps of one method; print baseline and peak RSS.
+
+    The RSS is sampled every millisecond by a thread while the steps run (the high-water
+    mark of the process would be dominated by loading the model)."""
+    import threading
 
     from transformers import AutoTokenizer
 
     tr_x, tr_y, _, _ = load_data(ARGS.batch * PROBE_STEPS, 0)
     tok = AutoTokenizer.from_pretrained(model_path())
     data, labels = tokenize(tok, tr_x), torch.tensor(tr_y)
+    proc = psutil.Process()
     if method == "floor":
         model = base_model(0)
         for p in model.parameters():
             p.requires_grad_(False)
-        for i in range(PROBE_STEPS):
-            floor_step_time(model, take(data, slice(i * ARGS.batch, (i + 1) * ARGS.batch)))
+        run = None
     else:
         run = make_run(method, 0, tau=ARGS.probe_tau)
-        for i in range(PROBE_STEPS):
-            sl = slice(i * ARGS.batch, (i + 1) * ARGS.batch)
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    for i in range(PROBE_STEPS):
+        sl = slice(i * ARGS.batch, (i + 1) * ARGS.batch)
+        if run is None:
+            floor_step_time(model, take(data, sl))
+        else:
             one_step(run, take(data, sl), labels[sl], [])
-    print(f"PEAK_RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")
+    stop.set()
+    th.join()
+    print(f"PEAK_RSS {base} {peak[0]}")
 
 
 def peak_memory(methods: list[tuple[str, dict]]) -> dict[str, float]:
-    """Peak RSS (MiB) of a fresh process running each method (and the frozen floor)."""
+    """Peak RSS growth (MiB) of a fresh process while it trains each method (and the floor)."""
     import subprocess
 
     out: dict[str, float] = {}
@@ -430,7 +451,11 @@ def peak_memory(methods: list[tuple[str, dict]]) -> dict[str, float]:
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         peak = [ln for ln in res.stdout.splitlines() if ln.startswith("PEAK_RSS")]
         key = method if "tau" not in kw else f"{method}:{kw['tau']:g}"
-        out[key] = int(peak[-1].split()[1]) / 2**20 if peak else float("nan")
+        if peak:
+            b, pk = (int(v) for v in peak[-1].split()[1:3])
+            out[key] = (pk - b) / 2**20
+        else:
+            out[key] = float("nan")
     return out
 
 
@@ -521,7 +546,7 @@ def main() -> None:
     print("\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds) ==")
     head = (
         f"{'method':<15} {'accuracy':>16} {'trainable':>10} {'effective':>10} {'ranks':>20} "
-        f"{'s/step':>7} {'/LoRA':>6} {'/floor':>6} {'opt %':>6} {'state MB':>9} {'peak MB':>8}"
+        f"{'s/step':>7} {'/LoRA':>6} {'/floor':>6} {'opt %':>6} {'state MB':>9} {'peak+MB':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -543,9 +568,9 @@ def main() -> None:
         "s/step: median of the round-robin phase (whole step: forward, backward, optimizers, "
         "rank allocation); opt %: GeoLoRA's optimizer step / its whole step; effective: "
         "adapter parameters at the final ranks (AdaLoRA stores init_r=12 tensors); state MB: "
-        f"params+grads+optimizer state of the trainable parameters; peak MB: peak RSS of a "
-        f"fresh process running {PROBE_STEPS} training steps of the method (batch "
-        f"{ARGS.batch}x{ARGS.max_len})."
+        f"params+grads+optimizer state of the trainable parameters; peak+MB: peak RSS growth "
+        f"of a fresh process over its RSS after building the model, while it runs "
+        f"{PROBE_STEPS} training steps of the method (batch {ARGS.batch}x{ARGS.max_len})."
     )
 
     if ARGS.no_robustness:

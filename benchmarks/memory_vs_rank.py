@@ -28,7 +28,9 @@ Tables:
    of the ranks, the live bytes and the profiled step peak, next to the prediction of the
    sweep's fit.
 3. Long runs (``--steps``, default 10⁴; ``--quick`` 1500) of GeoLoRA and DLRT
-   (rank-adaptive): RSS and live-tensor count, first/last/max and the fitted trend.
+   (rank-adaptive): RSS and live-tensor count, first/last/max and the fitted trend, with
+   the optimizers' ``rank_history`` off (no growth at all) and, for GeoLoRA, on (it grows
+   by one small list entry per step, by design).
 
 Run ``python benchmarks/memory_vs_rank.py`` (``--quick`` for a short run, ``--plot PATH``
 to save a figure).
@@ -248,13 +250,14 @@ def adaptive_trace(steps: int, every: int) -> list[tuple[int, int, int, int]]:
     return rows
 
 
-def long_run(kind: str, steps: int, sample: int, warm: int) -> dict:
+def long_run(kind: str, steps: int, sample: int, warm: int, history: bool) -> dict:
     import psutil
 
     proc = psutil.Process()
     data = Data(3)
     model = lowrank_mlp(64, max_rank=96)
     opts = make_opts(kind if kind != "geolora" else "geolora_adaptive", model, 96)
+    opts[0].record_history = history
     xs, rss, ntens, ranks = [], [], [], []
     for t in range(1, steps + 1):
         train_step(model, opts, data)
@@ -267,8 +270,9 @@ def long_run(kind: str, steps: int, sample: int, warm: int) -> dict:
                 ntens.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
             ranks.append(sum(ranks_of(model)))
     _, b, _ = linfit([float(x) for x in xs], [float(y) for y in rss])
+    label = f"{kind} (history {'on' if history else 'off'})"
     print(
-        f"{kind:>8}: {len(xs)} samples from step {warm}; RSS first {rss[0] / 2**20:.1f} MiB, "
+        f"{label:>22}: {len(xs)} samples from step {warm}; RSS first {rss[0] / 2**20:.1f} MiB, "
         f"last {rss[-1] / 2**20:.1f} MiB, max {max(rss) / 2**20:.1f} MiB; trend "
         f"{b * 1000 / 1024:+.1f} KiB/1000 steps; live tensors {min(ntens)}..{max(ntens)}; "
         f"Σranks {min(ranks)}..{max(ranks)}"
@@ -295,9 +299,12 @@ def main() -> None:
     tr = adaptive_trace(60 if args.quick else 200, 10 if args.quick else 20)
     print()
     print(f"# 3. long runs: {steps} steps, RSS every {args.sample} steps")
+    warm = min(500, steps // 3)
     lr = {
-        k: long_run(k, steps, args.sample, warm=min(500, steps // 3)) for k in ("geolora", "dlrt")
+        f"{k}, history {'on' if h else 'off'}": long_run(k, steps, args.sample, warm, h)
+        for k, h in (("geolora", False), ("dlrt", False), ("geolora", True))
     }
+    print("(history on: rank_history keeps one (step, ranks) entry per step, ≈ 0.17 KiB/step)")
     if args.plot:
         import matplotlib
 

@@ -39,9 +39,11 @@ forward/backward pass (a plain ``step()``):
    ``Ŝ = P diag(σ) Qᵀ``, ``r₁`` by the rank rule (``rtol = τ``: the smallest ``r₁`` with
    ``‖σ_{r₁+1:}‖₂ ≤ τ ‖σ‖₂``, clamped to ``[min_rank, max_rank]``; ``tau=None``: the rank
    before the augmentation, i.e. fixed-rank DLRT), ``U ← Û P₁``, ``V ← V̂ Q₁``,
-   ``S ← diag(σ_{1:r₁})`` (:func:`~manifold_lowrank.integrators.truncate`). The factors
-   are reallocated at the new size (memory and compute really shrink; augmentation
-   really allocates).
+   ``S ← diag(σ_{1:r₁})`` (:func:`~manifold_lowrank.integrators.truncate`), followed by
+   a sign-fixed QR of ``U₁``, ``V₁`` whose ``R`` factors are folded into ``S`` (this
+   removes the ``O(ε)`` orthonormality drift of ``Û P₁`` that would otherwise add up
+   over thousands of truncations). The factors are reallocated at the new size (memory
+   and compute really shrink; augmentation really allocates).
 
 ``k = 1`` is the rank-adaptive *parallel* integrator (``integrator="parallel"``): every
 step augments, takes the coefficient step and truncates (GeoLoRA's step, with the
@@ -56,7 +58,8 @@ Transport of the substep optimizer's state
 Core state ``Z`` (SGD momentum buffer, Adam's first moment) represents ``U Z Vᵀ`` and
 is carried by :func:`~manifold_lowrank.optim.lowrank_base.transport_core`,
 ``Z ← A Z Bᵀ`` with ``A = U₊ᵀ U``, ``B = V₊ᵀ V``: at augmentation ``A = B = [I; 0]``
-(zero padding, exact), at truncation ``A = P₁ᵀ``, ``B = Q₁ᵀ``. Adam's element-wise second
+(zero padding, exact), at truncation ``A = R_u P₁ᵀ``, ``B = R_v Q₁ᵀ`` (the same map as
+the coefficients; ``R = I + O(ε)``). Adam's element-wise second
 moment ``v`` is not a coefficient matrix and cannot be rotated exactly; we transport its
 square root like a coefficient matrix, ``v ← (A √v Bᵀ)^{∘2}`` (the RobustDLRT rule). It
 is exact for augmentations and whenever ``A``, ``B`` are signed permutations (coordinates
@@ -79,8 +82,8 @@ Fine-tuning, history, checkpoints
 ---------------------------------
 :meth:`DLRT.start_fine_tuning` truncates and then freezes the bases: the S-only phase
 of the paper (every step is a coefficient step). :attr:`rank_history` holds the ranks
-after every step (inside a cycle they are the augmented ranks);
-and :attr:`truncation_history` holds those after every truncation (the compressed ranks — plot
+after every step (inside a cycle they are the augmented ranks), and
+:attr:`truncation_history` those after every truncation (the compressed ranks: plot
 these). :meth:`state_dict` / :meth:`load_state_dict` round-trip mid-cycle; load the
 model's ``state_dict`` first (the layers resize themselves), then the optimizer's.
 
