@@ -69,8 +69,8 @@ step counter (bias correction) is per layer and is kept, so entries of new direc
 (zero moments) take a first step of ``≈ lr·(1−β₁)/√(1−β₂)`` (≈ 3.2 lr with the default
 betas) in the sign of their gradient, as in RobustDLRT.
 
-Other parameters
-----------------
+Biases and dense layers
+-----------------------
 Biases, dense layers (e.g. the classifier) — every trainable parameter of the given
 model that is not a factor of a low-rank layer — are trained by the same substep
 optimizer with its standard element-wise update (``train_dense=True``), or left to a
@@ -80,10 +80,10 @@ orthonormal bases.
 
 Fine-tuning, history, checkpoints
 ---------------------------------
-:meth:`DLRT.start_fine_tuning` truncates and then freezes the bases: the S-only phase
+The method :meth:`DLRT.start_fine_tuning` truncates and then freezes the bases: the S-only phase
 of the paper (every step is a coefficient step). :attr:`rank_history` holds the ranks
 after every step (inside a cycle they are the augmented ranks), and
-:attr:`truncation_history` those after every truncation (the compressed ranks: plot
+The attribute :attr:`truncation_history` those after every truncation (the compressed ranks: plot
 these). :meth:`state_dict` / :meth:`load_state_dict` round-trip mid-cycle; load the
 model's ``state_dict`` first (the layers resize themselves), then the optimizer's.
 
