@@ -80,12 +80,12 @@ orthonormal bases.
 
 Fine-tuning, history, checkpoints
 ---------------------------------
-The method :meth:`DLRT.start_fine_tuning` truncates and then freezes the bases: the S-only phase
-of the paper (every step is a coefficient step). :attr:`rank_history` holds the ranks
-after every step (inside a cycle they are the augmented ranks), and
-The attribute :attr:`truncation_history` those after every truncation (the compressed ranks: plot
-these). :meth:`state_dict` / :meth:`load_state_dict` round-trip mid-cycle; load the
-model's ``state_dict`` first (the layers resize themselves), then the optimizer's.
+Calling :meth:`DLRT.start_fine_tuning` truncates and then freezes the bases: the S-only
+phase of the paper (every step is a coefficient step). The ranks after every step (inside
+a cycle they are the augmented ranks) are kept in :attr:`rank_history`, those after every
+truncation (the compressed ranks: plot these) in :attr:`truncation_history`. The methods
+:meth:`state_dict` / :meth:`load_state_dict` round-trip mid-cycle; load the model's
+``state_dict`` first (the layers resize themselves), then the optimizer's.
 
 Cost per layer (``m×n``, rank ``r``): augment ``O((m + n) r²)`` (two ``m×r``/``n×r``
 QRs); coefficient step ``O(r²)``; truncation one ``2r×2r`` SVD plus
