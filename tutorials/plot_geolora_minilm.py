@@ -97,7 +97,7 @@ print(f"data: {source}, {len(texts)} snippets")
 tok = AutoTokenizer.from_pretrained(PATH)
 enc = tok(texts, padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt")
 y_all = torch.tensor(labels)
-n_train = 384
+n_train = (4 * len(texts)) // 5  # 80 % train, 20 % test, whatever the data source
 train_x = {k: v[:n_train] for k, v in enc.items() if k != "token_type_ids"}
 test_x = {k: v[n_train:] for k, v in enc.items() if k != "token_type_ids"}
 train_y, test_y = y_all[:n_train], y_all[n_train:]
