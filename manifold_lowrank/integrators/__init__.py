@@ -23,6 +23,9 @@ Gradient oracles (:mod:`~manifold_lowrank.integrators.oracles`):
 
 Rank budgets across layers: :class:`GlobalBudget`, :func:`allocate_ranks`.
 
+Drift removal (:mod:`~manifold_lowrank.integrators.orthonormality`):
+:func:`reorthonormalize`, :func:`reorthonormalize_tucker`.
+
 A dense high-order reference solver for tests lives in
 :mod:`manifold_lowrank.integrators.reference` (not imported here).
 """
@@ -48,6 +51,7 @@ from manifold_lowrank.integrators.oracles import (
     TuckerFrozenTangentOracle,
     as_oracle,
 )
+from manifold_lowrank.integrators.orthonormality import reorthonormalize, reorthonormalize_tucker
 from manifold_lowrank.integrators.tucker import (
     TuckerAugmentResult,
     TuckerStepResult,
@@ -80,6 +84,8 @@ __all__ = [
     "ksl",
     "parallel",
     "parameter_count",
+    "reorthonormalize",
+    "reorthonormalize_tucker",
     "truncate",
     "tucker_augment",
     "tucker_augmented_bug",

@@ -101,8 +101,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from manifold_lowrank.integrators import truncate, tucker_parallel, tucker_truncate
-from manifold_lowrank.linalg import RankRule, augment_basis, qr_signfix
+from manifold_lowrank.integrators import (
+    reorthonormalize,
+    reorthonormalize_tucker,
+    truncate,
+    tucker_parallel,
+    tucker_truncate,
+)
+from manifold_lowrank.linalg import RankRule, augment_basis
 from manifold_lowrank.manifolds.types import (
     FixedRankPoint,
     ProjectedGradients,
@@ -162,33 +168,19 @@ def _mode_dots(t: torch.Tensor, mats: list[torch.Tensor | None], skip: int | Non
 def _reorthonormalize(
     point: FixedRankPoint, M: torch.Tensor, N: torch.Tensor
 ) -> tuple[FixedRankPoint, torch.Tensor, torch.Tensor]:
-    r"""Remove the rounding drift of ``U₁ = Û P₁``: ``U₁ = Q_u R_u`` (sign-fixed QR), likewise
-    ``V₁``; ``S₁ ← R_u S₁ R_vᵀ`` (the matrix is unchanged) and the transitions become
-    ``A = R_u M``, ``B = R_v N`` (the same map as the coefficients). ``R = I + O(ε)`` per
-    truncation, so without this the error ``‖UᵀU − I‖`` would grow linearly with the
-    number of truncations. Cost ``O((m + n) r²)``.
-    """
-    qu, ru = qr_signfix(point.U)
-    qv, rv = qr_signfix(point.V)
-    S = ru @ point.S @ rv.transpose(0, 1)
-    return FixedRankPoint(qu, S, qv), ru @ M, rv @ N
+    """Remove the drift of ``U₁ = Û P₁`` (:func:`~manifold_lowrank.integrators.reorthonormalize`);
+    the transitions become ``A = R_u M``, ``B = R_v N`` (the same map as the coefficients)."""
+    new, ru, rv = reorthonormalize(point)
+    return new, ru @ M, rv @ N
 
 
 def _reorthonormalize_tucker(
     point: TuckerPoint, transitions: tuple[torch.Tensor, ...], full_modes: tuple[int, ...]
 ) -> tuple[TuckerPoint, tuple[torch.Tensor, ...]]:
     """Tucker analogue of :func:`_reorthonormalize` for the dynamic modes."""
-    core = point.core
-    factors = list(point.factors)
-    trans = list(transitions)
-    for k in range(len(factors)):
-        if k in full_modes or factors[k].shape[1] == 0:
-            continue
-        q, r = qr_signfix(factors[k])
-        factors[k] = q
-        core = torch.tensordot(r, core, dims=([1], [k])).movedim(0, k)
-        trans[k] = r @ trans[k]
-    return TuckerPoint(core.contiguous(), tuple(factors)), tuple(trans)
+    new, rs = reorthonormalize_tucker(point, full_modes)
+    trans = tuple(t if r is None else r @ t for r, t in zip(rs, transitions))
+    return new, trans
 
 
 def _with_coefficients(layer: nn.Module, coef: torch.Tensor) -> Any:

@@ -95,7 +95,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from manifold_lowrank.integrators import parallel, tucker_parallel
+from manifold_lowrank.integrators import (
+    parallel,
+    reorthonormalize,
+    reorthonormalize_tucker,
+    tucker_parallel,
+)
 from manifold_lowrank.linalg import RankRule
 from manifold_lowrank.manifolds.types import (
     FixedRankPoint,
@@ -340,11 +345,13 @@ class GeoLoRA(LowRankOptimizer):
         cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]
         rule = self._rule(group, cap, self._truncating(global_step), point.S.dtype)
         res = parallel(point, direction, h, rule)
+        # U₊ = [U Ũ]P₁ inherits U's rounding error (≈ ε per step); QR removes it exactly.
+        new_point = reorthonormalize(res.point, diagonalize=res.singular_values is not None)[0]
         if mom is not None:
             # projection vector transport of the momentum to the new tangent space
-            t = transport_tangent(mom, point, res.point)
+            t = transport_tangent(mom, point, new_point)
             new_state["momentum_GV"], new_state["momentum_UtGV"], new_state["momentum_GtU"] = t
-        return res.point, new_state
+        return new_point, new_state
 
     def _tucker_update(
         self,
@@ -402,6 +409,8 @@ class GeoLoRA(LowRankOptimizer):
         res = tucker_parallel(
             TuckerPoint(core, point.factors), direction, h, rules, full_modes=layer.full_modes
         )
+        new_point, rs = reorthonormalize_tucker(res.point, layer.full_modes)
         if mom is not None:
-            new_state["momentum_core"] = transport_core_tucker(mom, res.transitions)
-        return res.point, new_state
+            trans = tuple(t if r is None else r @ t for r, t in zip(rs, res.transitions))
+            new_state["momentum_core"] = transport_core_tucker(mom, trans)
+        return new_point, new_state
