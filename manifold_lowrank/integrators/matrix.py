@@ -227,18 +227,22 @@ def _core_grad_source(core_grad: Any, oracle: Any) -> CoreGrad:
     )
 
 
-def _run_galerkin(
-    point: FixedRankPoint,
-    grad_fn: CoreGrad,
+def _galerkin_loop(
+    coef: torch.Tensor,
+    at: Callable[[torch.Tensor], Any],
+    grad_fn: Callable[[Any], torch.Tensor],
     h: float,
     steps: int,
     optimizer: OptimizerFactory | None,
 ) -> torch.Tensor:
-    u, s, v = point
-    shape = tuple(s.shape)
+    """Integrate ``ċ = −grad_fn(at(c))`` over ``[0, h]`` for the coefficient tensor ``c``
+    (the matrix core ``S`` or the Tucker core): ``steps`` explicit Euler steps, or
+    ``steps`` steps of ``optimizer(params, lr=h/steps)``. Shared by the matrix and Tucker
+    Galerkin steps; ``at`` rebuilds the point from the coefficients."""
+    shape = tuple(coef.shape)
 
-    def checked(p: FixedRankPoint) -> torch.Tensor:
-        g = grad_fn(p)
+    def checked(c: torch.Tensor) -> torch.Tensor:
+        g = grad_fn(at(c))
         if not isinstance(g, torch.Tensor) or tuple(g.shape) != shape:
             got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
             raise ValueError(f"core_grad must return a tensor of shape {shape}, got {got}")
@@ -248,19 +252,29 @@ def _run_galerkin(
     if optimizer is None:
         dt = h / steps
         for _ in range(steps):
-            s = s - dt * checked(FixedRankPoint(u, s, v))
-        return s
+            coef = coef - dt * checked(coef)
+        return coef
     if not callable(optimizer):
         raise TypeError(
             f"optimizer must be a factory callable(params, lr=...), got {type(optimizer).__name__}"
         )
-    param = s.detach().clone()
+    param = coef.detach().clone()
     opt = optimizer([param], lr=h / steps)
     for _ in range(steps):
-        g = checked(FixedRankPoint(u, param.detach().clone(), v))
-        param.grad = g.detach().clone()
+        param.grad = checked(param.detach().clone()).detach().clone()
         opt.step()
     return param.detach()
+
+
+def _run_galerkin(
+    point: FixedRankPoint,
+    grad_fn: CoreGrad,
+    h: float,
+    steps: int,
+    optimizer: OptimizerFactory | None,
+) -> torch.Tensor:
+    u, s, v = point
+    return _galerkin_loop(s, lambda c: FixedRankPoint(u, c, v), grad_fn, h, steps, optimizer)
 
 
 def _finish(name: str, point: FixedRankPoint) -> FixedRankPoint:

@@ -49,7 +49,11 @@ from manifold_lowrank.integrators._validate import (
     check_step_size,
     finite,
 )
-from manifold_lowrank.integrators.matrix import OptimizerFactory, _new_directions
+from manifold_lowrank.integrators.matrix import (
+    OptimizerFactory,
+    _galerkin_loop,
+    _new_directions,
+)
 from manifold_lowrank.integrators.oracles import as_oracle, initial_projection, project
 from manifold_lowrank.linalg import RankRule, orthonormalize, qr_signfix, select_rank
 from manifold_lowrank.manifolds.types import TuckerPoint, TuckerProjectedGradients
@@ -236,27 +240,7 @@ def _run_galerkin(
     optimizer: OptimizerFactory | None,
 ) -> torch.Tensor:
     core, factors = point
-    shape = tuple(core.shape)
-
-    def checked(p: TuckerPoint) -> torch.Tensor:
-        g = grad_fn(p)
-        if not isinstance(g, torch.Tensor) or tuple(g.shape) != shape:
-            got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
-            raise ValueError(f"core_grad must return a tensor of shape {shape}, got {got}")
-        finite("the core gradient", g)
-        return g
-
-    if optimizer is None:
-        dt = h / steps
-        for _ in range(steps):
-            core = core - dt * checked(TuckerPoint(core, factors))
-        return core
-    param = core.detach().clone()
-    opt = optimizer([param], lr=h / steps)
-    for _ in range(steps):
-        param.grad = checked(TuckerPoint(param.detach().clone(), factors)).detach().clone()
-        opt.step()
-    return param.detach()
+    return _galerkin_loop(core, lambda c: TuckerPoint(c, factors), grad_fn, h, steps, optimizer)
 
 
 def _hosvd_truncate(point: TuckerPoint, rules: list[RankRule | None]) -> TuckerStepResult:

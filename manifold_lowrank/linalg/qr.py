@@ -59,9 +59,7 @@ def orthonormalize(a: torch.Tensor) -> torch.Tensor:
     return qr_signfix(a)[0]
 
 
-def augment_basis(
-    u: torch.Tensor, x: torch.Tensor, *, method: str = "householder"
-) -> torch.Tensor:
+def augment_basis(u: torch.Tensor, x: torch.Tensor, *, method: str = "householder") -> torch.Tensor:
     r"""Orthonormal directions ``Q`` spanning ``range([U X])`` outside ``range(U)``.
 
     Returns ``Q ∈ R^{m×k}`` (``k = x.shape[-1]``) with ``Qᵀ Q = I`` and ``Uᵀ Q = 0``
