@@ -168,3 +168,21 @@ def test_budget_errors():
         GlobalBudget(1, min_rank=1).allocate([torch.ones(3), torch.ones(2)])
     with pytest.raises(ValueError, match="shapes"):
         GlobalBudget(100, unit="params").allocate([torch.ones(3)])
+
+
+@pytest.mark.parametrize("kind", ["matrix", "tucker"])
+def test_non_callable_optimizer_factory_is_a_type_error(kind):
+    """``optimizer`` must be a factory ``callable(params, lr=...)`` in both Galerkin steps."""
+    from manifold_lowrank.integrators import tucker_galerkin_step
+
+    g = torch.Generator().manual_seed(1)
+    if kind == "matrix":
+        p = rand_point(6, 5, 2, g)
+        step = galerkin_step
+        grad = torch.zeros_like(p.S)
+    else:
+        p = rand_tucker((5, 4, 3), (2, 2, 2), g)
+        step = tucker_galerkin_step
+        grad = torch.zeros_like(p.core)
+    with pytest.raises(TypeError, match="optimizer must be a factory"):
+        step(p, grad, 0.1, optimizer="sgd")
