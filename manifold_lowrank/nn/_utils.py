@@ -75,6 +75,32 @@ def conv_padding(value: object) -> tuple[int, int]:
     return pair("padding", value, minimum=0)
 
 
+def set_conv_geometry(
+    module: torch.nn.Module,
+    in_channels: object,
+    out_channels: object,
+    kernel_size: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+) -> tuple[int, int, int, int]:
+    """Validate a Conv2d geometry, store it on ``module`` as :class:`torch.nn.Conv2d` does
+    (``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``padding``,
+    ``dilation``) and return ``(in_channels, out_channels, kh, kw)``."""
+    cin = check_positive_int("in_channels", in_channels)
+    cout = check_positive_int("out_channels", out_channels)
+    if groups != 1:
+        raise ValueError(f"groups must be 1 (grouped convolutions unsupported), got {groups!r}")
+    kh, kw = pair("kernel_size", kernel_size, minimum=1)
+    module.in_channels, module.out_channels = cin, cout
+    module.kernel_size = (kh, kw)
+    module.stride = pair("stride", stride, minimum=1)
+    module.padding = conv_padding(padding)
+    module.dilation = pair("dilation", dilation, minimum=1)
+    return cin, cout, kh, kw
+
+
 def mode_dot(t: torch.Tensor, m: torch.Tensor, mode: int) -> torch.Tensor:
     """``t ×_mode m``: contract mode ``mode`` of ``t`` (size ``I``) with ``m`` (``J×I``).
 

@@ -11,13 +11,11 @@ from manifold_lowrank.linalg import truncated_svd
 from manifold_lowrank.nn._utils import (
     check_factory_kwargs,
     check_max_rank,
-    check_positive_int,
     check_rank,
-    conv_padding,
     init_is_skipped,
     kaiming_uniform_singular_values,
-    pair,
     random_orthonormal,
+    set_conv_geometry,
     skip_random_init,
 )
 from manifold_lowrank.nn.base import LowRankModule
@@ -80,16 +78,9 @@ class LowRankConv2d(LowRankModule):
         record_projected_grads: bool = True,
     ) -> None:
         super().__init__()
-        cin = check_positive_int("in_channels", in_channels)
-        cout = check_positive_int("out_channels", out_channels)
-        if groups != 1:
-            raise ValueError(f"groups must be 1 (grouped convolutions unsupported), got {groups!r}")
-        kh, kw = pair("kernel_size", kernel_size, minimum=1)
-        self.in_channels, self.out_channels = cin, cout
-        self.kernel_size = (kh, kw)
-        self.stride = pair("stride", stride, minimum=1)
-        self.padding = conv_padding(padding)
-        self.dilation = pair("dilation", dilation, minimum=1)
+        cin, cout, kh, kw = set_conv_geometry(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        )
         m, n = cout, cin * kh * kw
         mr = check_max_rank(max_rank, min(m, n))
         r = check_rank(

@@ -11,12 +11,10 @@ from torch import nn
 from manifold_lowrank.linalg import RankRule, truncated_svd
 from manifold_lowrank.nn._utils import (
     check_factory_kwargs,
-    check_positive_int,
-    conv_padding,
     init_is_skipped,
     is_int,
     mode_dot,
-    pair,
+    set_conv_geometry,
     skip_random_init,
     unfold,
 )
@@ -207,16 +205,9 @@ class TuckerConv2d(TuckerModule):
         record_projected_grads: bool = True,
     ) -> None:
         super().__init__()
-        cin = check_positive_int("in_channels", in_channels)
-        cout = check_positive_int("out_channels", out_channels)
-        if groups != 1:
-            raise ValueError(f"groups must be 1 (grouped convolutions unsupported), got {groups!r}")
-        kh, kw = pair("kernel_size", kernel_size, minimum=1)
-        self.in_channels, self.out_channels = cin, cout
-        self.kernel_size = (kh, kw)
-        self.stride = pair("stride", stride, minimum=1)
-        self.padding = conv_padding(padding)
-        self.dilation = pair("dilation", dilation, minimum=1)
+        cin, cout, kh, kw = set_conv_geometry(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        )
         dims = (cout, cin, kh, kw)
         rs, fm, mrs = resolve_tucker_ranks(dims, ranks, full_modes, max_ranks)
         dtype, device = check_factory_kwargs(dtype, device, generator)
