@@ -40,6 +40,11 @@ Checks (names usable in ``skip=``; a prefix such as ``"proju"`` skips the whole 
 ``metric.positive``            ``⟨u, u⟩ > 0``
 ``metric.norm``                ``norm(u)² = ⟨u, u⟩``
 ``metric.ambient``             ``⟨u, v⟩_x = ⟨E(u), E(v)⟩_F`` (embedded metric)
+``metric.component_scaling``   ``c = component_inner(x, u)`` is finite, ``≥ 0`` and
+                               broadcasts to ``x``; dividing a tangent ``u`` by ``√c``
+                               commutes with ``proju`` (Riemannian Adam's step
+                               ``u/√c`` stays tangent; components with negligible
+                               ``c`` are left out)
 ``egrad2rgrad.riesz``          ``⟨grad f, η⟩_x = ⟨∇f, E(η)⟩_F`` for tangent ``η``,
                                with ``grad f = egrad2rgrad(x, autograd factor gradient)``
 ``egrad2rgrad.projection``     ``E(grad f) = P_amb(∇f)``
@@ -94,6 +99,7 @@ CHECKS: tuple[str, ...] = (
     "metric.positive",
     "metric.norm",
     "metric.ambient",
+    "metric.component_scaling",
     "egrad2rgrad.riesz",
     "egrad2rgrad.projection",
     "retr.zero",
@@ -641,6 +647,32 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:
                 "|⟨u,v⟩_x − ⟨E u, E v⟩_F|/(‖E u‖‖E v‖)",
             )
 
+    def c_comp() -> None:
+        if not hasattr(M, "component_inner"):
+            raise _Skip("no component_inner (not used by this manifold's optimizers)")
+        for i, (x, u) in enumerate(zip(points, us)):
+            c = _plain(torch.as_tensor(M.component_inner(x, u)))
+            try:
+                torch.broadcast_shapes(tuple(c.shape), tuple(x.shape))
+            except RuntimeError:
+                raise _Fail(
+                    f"component_inner has shape {tuple(c.shape)}, which does not broadcast "
+                    f"to the point's {tuple(x.shape)}"
+                ) from None
+            if not bool(torch.isfinite(c).all()) or bool((c < 0).any()):
+                raise _Fail(f"component_inner of vector {i} is negative or not finite")
+            # components where c is negligible (structurally zero blocks, e.g. Vp at full
+            # rank) are left out: dividing their rounding noise by √c would only amplify it
+            keep = c > 100 * torch.finfo(c.dtype).eps * c.max()
+            w = torch.where(keep, c.clamp_min(torch.finfo(c.dtype).tiny).rsqrt(), 0.0)
+            lhs = M.proju(x, _plain(u) * w)
+            rhs = _plain(M.proju(x, u)) * w
+            ctx.expect(
+                _rel(lhs, rhs),
+                "dividing by √component_inner leaves the tangent space: "
+                "‖P(u/√c) − P(u)/√c‖/‖P(u)/√c‖",
+            )
+
     def c_riesz() -> None:
         for x, u, v in zip(points, us, vs):
             G, g = grads(x)
@@ -907,6 +939,7 @@ def _check(manifold: Any, **kw: Any) -> ConformanceReport:
         ("metric.positive", c_pos),
         ("metric.norm", c_norm),
         ("metric.ambient", c_amb),
+        ("metric.component_scaling", c_comp),
         ("egrad2rgrad.riesz", c_riesz),
         ("egrad2rgrad.projection", c_rgproj),
         ("retr.zero", c_rzero),

@@ -149,6 +149,13 @@ class RetrIgnoresNaN(FixedRank):
         return self.retr_polar(x, torch.nan_to_num(u))
 
 
+class ElementwiseComponentInner(FixedRank):
+    """Adam-style entrywise second moment: ``u/√(u⊙u)`` is no longer tangent."""
+
+    def component_inner(self, x, u, v=None):
+        return u * (u if v is None else v)
+
+
 def _failure(cls_or_m, check, **kw):
     M = cls_or_m if not isinstance(cls_or_m, type) else cls_or_m(20, 12, 3)
     report = check_manifold(M, raise_on_failure=False, n_points=1, **kw)
@@ -288,3 +295,12 @@ def test_hooks_for_a_third_party_manifold():
     # without the embedding hook, retraction-vs-(x + t v) is wrong by the factor 2
     bad = check_manifold(M, shape=(6,), raise_on_failure=False)
     assert bad["retr.first_order"].status == "failed"
+
+
+def test_catches_component_inner_that_breaks_adam_tangency():
+    report = _failure(ElementwiseComponentInner, "metric.component_scaling")
+    assert "leaves the tangent space" in report["metric.component_scaling"].message
+    # the stock FixedRank passes it (block-constant component_inner)
+    assert check_manifold(FixedRank(20, 12, 3), n_points=1)["metric.component_scaling"].status == (
+        "passed"
+    )
