@@ -55,6 +55,13 @@ dtype-agnostic, and never forming a dense ambient object on the hot path):
 ``_check_point_on_manifold``, ``_check_vector_on_tangent``
     Return ``(ok, reason)``; the reason names the failing block and the measured error.
 
+Helpers a subclass may call (stable, protected API): ``_check_tensor(t, name)`` (packed
+floating tensor of the right trailing shape, or ``TypeError``/``ValueError`` naming
+``name``), ``_check_pair(x, u, name)`` (the same for a point and a vector, plus equal
+dtype/device and broadcastable batch shapes) and the static ``_batch_size(size, full)``
+(interprets ``random(*size)`` as a batch shape or a full packed shape).
+``component_inner`` is checked by ``check_manifold`` (``metric.component_scaling``).
+
 Use :func:`manifold_lowrank.testing.check_manifold` to test a new manifold.
 
 Errors
