@@ -17,8 +17,10 @@ ours is faster). Then the retraction time against ``n`` (``m = n``) at fixed ``r
 the fitted log-log slope (the cost is ``O((m + n) r²)``, so the slope should be ≈ 1).
 
 Run ``python benchmarks/manifold_ops.py`` (``--quick`` skips the largest size and shortens
-the scaling sweep). Both libraries run single-threaded by default (``--threads``) so that
-the comparison measures algorithms, not thread scheduling on a shared machine.
+the scaling sweep; ``--retr-only`` times just the polar retraction against pymanopt in
+float64 and float32; ``--stat min`` reports the least-disturbed call instead of the
+median). Both libraries run single-threaded by default (``--threads``) so that the
+comparison measures algorithms, not thread scheduling on a shared machine.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -34,7 +37,18 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="skip (20000, 5000, 16); short sweep")
     p.add_argument("--threads", type=int, default=1, help="BLAS/torch threads (default 1)")
-    p.add_argument("--repeats", type=int, default=7, help="timed calls per measurement")
+    p.add_argument("--repeats", type=int, default=9, help="timed calls per measurement")
+    p.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="statistic of the repeats (default median; min = least-disturbed call)",
+    )
+    p.add_argument(
+        "--retr-only",
+        action="store_true",
+        help="only the polar retraction against pymanopt (no dense SVD, no sweep)",
+    )
     p.add_argument("--dense-all", action="store_true", help="time the dense SVD at every size")
     p.add_argument(
         "--clock",
@@ -69,33 +83,36 @@ def _clock() -> float:
     return time.thread_time() if ARGS.clock == "cpu" and ARGS.threads == 1 else time.perf_counter()
 
 
-def timeit(fn, repeats: int) -> float:
-    """Minimum wall time of ``repeats`` calls after one warm-up call (seconds).
+def _stat(ts: list[float]) -> float:
+    return statistics.median(ts) if ARGS.stat == "median" else min(ts)
 
-    The minimum, not the median: on a shared machine interference only adds time.
-    """
+
+def timeit(fn, repeats: int) -> float:
+    """Median (or ``--stat min``) time of ``repeats`` calls after one warm-up call (s)."""
     fn()
     ts = []
     for _ in range(repeats):
         t0 = _clock()
         fn()
         ts.append(_clock() - t0)
-    return min(ts)
+    return _stat(ts)
 
 
 def timeit_pair(f_ours, f_anchor, repeats: int) -> tuple[float, float]:
-    """Minimum wall times of two functions timed in alternation (same machine load)."""
+    """Median (or min) times of two functions timed in alternation (same machine load).
+
+    The order flips every repeat, so neither side always runs on the other's cache state.
+    """
     f_ours()
     f_anchor()
-    a, b = [], []
-    for _ in range(repeats):
-        t0 = _clock()
-        f_ours()
-        a.append(_clock() - t0)
-        t0 = _clock()
-        f_anchor()
-        b.append(_clock() - t0)
-    return min(a), min(b)
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(repeats):
+        for f, ts in ((f_ours, a), (f_anchor, b)) if i % 2 == 0 else ((f_anchor, b), (f_ours, a)):
+            t0 = _clock()
+            f()
+            ts.append(_clock() - t0)
+    return _stat(a), _stat(b)
 
 
 def fmt(t: float | None) -> str:
@@ -194,6 +211,52 @@ def bench_size(m: int, n: int, r: int, dense_time: bool, reps: int) -> dict:
     return out
 
 
+def retr_only(sizes: list[tuple[int, int, int]], reps: int) -> None:
+    """Polar retraction vs pymanopt's ``retraction`` on the same data, in both dtypes.
+
+    pymanopt gets the same-dtype arrays (its ``2r × 2r`` core is float64 in any case).
+    """
+    if FixedRankEmbedded is None:
+        print("pymanopt missing: nothing to compare")
+        return
+    from pymanopt.manifolds.fixed_rank import _FixedRankPoint, _FixedRankTangentVector
+
+    print(f"retr_polar vs pymanopt FixedRankEmbedded.retraction ({ARGS.stat} of {reps})")
+    print(
+        f"{'(m, n, r)':<18}{'dtype':<9}{'ours':>11}{'pymanopt':>11}{'ours/pm':>9}"
+        f"{'‖UᵀU−I‖':>10}{'rel. diff':>11}"
+    )
+    for m, n, r in sizes:
+        for dtype in (torch.float64, torch.float32):
+            M, x, u, _v, _A, _B, s = make_data(m, n, r, dtype)
+            U, _, V = (t.numpy().copy() for t in M.unpack(x))
+            Up, Mm, Vp = (t.numpy().copy() for t in M.unpack_tangent(u))
+            P = FixedRankEmbedded(m, n, r)
+            pt = _FixedRankPoint(U, s.numpy(), V.T.copy())
+            tv = _FixedRankTangentVector(Up, Mm, Vp)
+            ours, pm = timeit_pair(
+                lambda M=M, x=x, u=u: M.retr_polar(x, u),
+                lambda P=P, pt=pt, tv=tv: P.retraction(pt, tv),
+                reps,
+            )
+            y = M.retr_polar(x, u)
+            Uy, _, Vy = M.unpack(y)
+            eye = torch.eye(r, dtype=dtype)
+            orth = max(float((Uy.T @ Uy - eye).abs().max()), float((Vy.T @ Vy - eye).abs().max()))
+            # agreement with pymanopt's point (dense; skipped above 4096²)
+            diff = float("nan")
+            if m * n <= 4096 * 4096:
+                p2 = P.retraction(pt, tv)
+                theirs = torch.from_numpy((p2.u * p2.s) @ p2.vt).to(dtype)
+                ours_d = M.embed(y)
+                diff = float((ours_d - theirs).norm() / ours_d.norm())
+            print(
+                f"{(m, n, r)!s:<18}{str(dtype)[6:]:<9}{fmt(ours):>11}{fmt(pm):>11}"
+                f"{ours / pm:>9.3f}{orth:>10.1e}{diff:>11.1e}",
+                flush=True,
+            )
+
+
 def main() -> None:
     sizes = [(1000, 1000, 10), (4096, 4096, 32)]
     if not ARGS.quick:
@@ -204,6 +267,9 @@ def main() -> None:
         f"pymanopt={'yes' if FixedRankEmbedded else 'missing'}, "
         f"clock={'thread CPU time' if ARGS.clock == 'cpu' and ARGS.threads == 1 else 'wall'}"
     )
+    if ARGS.retr_only:
+        retr_only(sizes, reps)
+        return
     results = []
     for m, n, r in sizes:
         dense = ARGS.dense_all or m * n <= 4096 * 4096
@@ -219,7 +285,7 @@ def main() -> None:
             q["dense_est"] = True
 
     print()
-    print("Per-call times (min of repeats; ours and pymanopt timed in alternation).")
+    print(f"Per-call times ({ARGS.stat} of repeats; ours and pymanopt timed in alternation).")
     print("float64 unless noted; ratio = ours / anchor (< 1: ours faster)")
     hdr = (
         f"{'(m, n, r)':<18}{'op':<16}{'ours f64':>11}{'ours f32':>11}{'pymanopt':>11}"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from numbers import Integral
+from typing import NamedTuple
 
 import torch
 
@@ -87,88 +88,126 @@ def _axpy_mm(
         torch.add(base, torch.matmul(a, b), alpha=alpha, out=out)
 
 
-# Fast-path bounds of the polar retraction (see :func:`_polar_factor`).
-_POLAR_KAPPA_MAX = 64.0  # cond(R) of the Householder R of U_p: Q = U_p R⁻¹ loses ≲ ε·cond(R)
-_POLAR_GAUGE_MAX = 0.5  # ‖UᵀQ‖_F: keeps cond([U Q]) ≤ 3 so one Cholesky-QR step is exact
+# Fast-path bounds of the polar retraction (see :func:`_gram_factor`).
+_POLAR_KAPPA_MAX = 64.0  # (λ_max(K_⊥) + ‖A'‖²)/λ_min(K_⊥): B loses ≲ ε·this orthonormality
+_POLAR_DRIFT_MAX = 0.5  # ‖UᵀU − I‖_F: keeps cond(UᵀU) ≤ 3 so one Cholesky-QR step is exact
 
 
-def _polar_factor(
-    U: torch.Tensor, P: torch.Tensor, what: str | None
-) -> tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], None]]:
-    r"""Orthonormal-basis factorisation ``[U P] = B T`` for the polar retraction.
+class _GramFactor(NamedTuple):
+    """Candidate Gram fast-path factorisation ``[U P] = B T`` (see :func:`_gram_factor`)."""
 
-    Returns ``T`` (``(..., k, 2r)``, upper triangular, ``k = min(m, 2r)``) and a function
-    ``finish(Y, out)`` that writes ``out ← B Y`` for ``Y`` of shape ``(..., k, r)``
-    **without forming** ``B``. ``B`` has orthonormal columns to ``O(ε)`` *whatever the
-    orthonormality error of* ``U`` (it is re-measured, never assumed), so a long chain
-    of retractions does not drift.
+    L: torch.Tensor  # lower Cholesky factor of H = UᵀU
+    Ap: torch.Tensor  # A' = L⁻¹ UᵀP  (= U'ᵀP for the orthonormalised U' = U L⁻ᵀ)
+    lam: torch.Tensor  # eigenvalues of K_⊥ = PᵀP − A'ᵀA' (ascending)
+    Q: torch.Tensor  # its eigenvectors
+    zero: torch.Tensor  # bool, batch shape: PᵀP == 0 exactly
+    stats: torch.Tensor  # (..., 5): info, ‖H − I‖_F, λ_min(K_⊥), κ-scale, tr(PᵀP)
 
-    Fast path (``P`` well conditioned and nearly ``⟂ U``, the normal tangent case):
-    Householder ``P = Q R`` (``geqrf`` only: ``Q = P R⁻¹`` is never formed, no
-    ``orgqr``), ``C = UᵀQ = (UᵀP) R⁻¹``, and one Cholesky-QR step on the ``2r × 2r``
-    Gram matrix ``G = [U Q]ᵀ[U Q] = [[UᵀU, C], [Cᵀ, I]] = R_Gᵀ R_G``:
-    ``B = [U Q] R_G⁻¹``, ``T = R_G · diag(I, R)``, and
-    ``B Y = U Z₁ + P (R⁻¹ Z₂)`` with ``Z = R_G⁻¹ Y``. Taken when
-    ``cond(R) ≤ 64`` (so ``QᵀQ = I + O(64 ε)``) and ``‖C‖_F ≤ 1/2`` (so
-    ``cond(G) ≤ 3`` and Cholesky-QR is exact to ``O(ε)``). Cost: one ``geqrf`` and
-    two ``m × r × r`` products (``UᵀP``, ``UᵀU``) here, two more in ``finish``.
 
-    Robust path (rank-deficient or ill-conditioned ``P``, zero ``P``, a non-gauged
-    ``P`` with a large component in ``range(U)``, ``m < 2r``): sign-free Householder
-    QR of the ``m × 2r`` matrix ``[U P] = B T``; exact in all these cases (the
-    completing columns of ``B`` are orthogonal to ``U`` at machine precision even when
-    they carry zero weight — Manopt PR #20) at about twice the cost.
+def _gram_factor(H: torch.Tensor, A: torch.Tensor, K: torch.Tensor) -> _GramFactor:
+    r"""``r × r`` data of the Gram fast path from ``H = UᵀU``, ``A = UᵀP``, ``K = PᵀP``.
 
-    If ``what`` is given, raises :class:`FloatingPointError` naming it when ``P``
-    holds NaN/Inf (checked on ``R``, into which it propagates).
+    With ``H = L Lᵀ`` (Cholesky), ``U' = U L⁻ᵀ`` is orthonormal and ``A' = L⁻¹A = U'ᵀP``;
+    the component of ``P`` orthogonal to ``U'`` is ``P_⊥ = P − U'A'``, with Gram matrix
+    ``K_⊥ = K − A'ᵀA' = Q Λ Qᵀ`` (symmetric eigendecomposition). Then
+    ``N = P_⊥ Q Λ^{-1/2}`` has orthonormal columns ``⟂ U'`` and
+
+    .. math::  [U\ P] = [U'\ N]\,T,\qquad
+               T = \begin{bmatrix} Lᵀ & A' \\ 0 & Λ^{1/2} Qᵀ \end{bmatrix}.
+
+    No pass over ``m`` happens here. Rounding in ``K`` is ``O(ε‖K‖)`` and
+    ``‖K‖₂ ≤ λ_max(K_⊥) + ‖A'‖_F²``, so ``B = [U' N]`` is orthonormal to ``O(ε κ)`` with
+    ``κ = (λ_max(K_⊥) + ‖A'‖_F²)/λ_min(K_⊥)`` (a large component of ``P`` in
+    ``range(U)`` raises ``κ`` through ``‖A'‖``). :func:`_gram_ok` accepts it when
+    ``κ ≤ 64``, ``‖H − I‖_F ≤ 1/2`` and the Cholesky succeeded — or when ``K = 0``
+    exactly and ``P = 0``: then ``N`` is empty and ``T = [[Lᵀ, 0], [0, 0]]``.
+    ``H``, ``A``, ``K`` must be finite.
     """
-    r = U.shape[-1]
-    a, _ = torch.geqrf(P)
-    R = a[..., :r, :].triu()
-    if what is not None:
-        check_finite(what, R)
-    fast = P.shape[-2] >= 2 * r
-    if fast:
-        # All fast-path conditions evaluated without a host sync, then one sync. NaN
-        # anywhere (singular R → Inf in C) makes a comparison false → robust path.
-        sv = torch.linalg.svdvals(R)
-        C = torch.linalg.solve_triangular(R, _t(U) @ P, upper=True, left=False)  # UᵀQ
-        eye = torch.eye(r, dtype=P.dtype, device=P.device).expand_as(C)
-        G = torch.cat(
-            [
-                torch.cat([(_t(U) @ U).expand_as(C), C], dim=-1),
-                torch.cat([_t(C), eye], dim=-1),
-            ],
-            dim=-2,
-        )
-        L, info = torch.linalg.cholesky_ex(G)
-        ok = (
-            (sv[..., -1] * _POLAR_KAPPA_MAX >= sv[..., 0])
-            & (sv[..., -1] > 0)
-            & (torch.linalg.matrix_norm(C) <= _POLAR_GAUGE_MAX)
-            & (info == 0)
-        )
-        fast = bool(ok.all())
-    if fast:
-        Rg = _t(L)
-        T = torch.cat([Rg[..., :r], Rg[..., r:] @ R], dim=-1)
+    r = H.shape[-1]
+    L, info = torch.linalg.cholesky_ex(H)
+    Ap = torch.linalg.solve_triangular(L, A, upper=False)
+    lam, Q = torch.linalg.eigh(K - _t(Ap) @ Ap)
+    eye = torch.eye(r, dtype=H.dtype, device=H.device)
+    batch = lam.shape[:-1]
+    trace = K.diagonal(dim1=-2, dim2=-1).sum(-1).expand(batch)
+    stats = torch.stack(
+        [
+            info.to(H.dtype).expand(batch),
+            torch.linalg.matrix_norm(H - eye).expand(batch),
+            lam[..., 0],
+            lam[..., -1] + (Ap * Ap).sum(dim=(-2, -1)),
+            trace,
+        ],
+        dim=-1,
+    )
+    return _GramFactor(L, Ap, lam, Q, trace == 0, stats)
 
-        def finish(Y: torch.Tensor, out: torch.Tensor) -> None:
-            Z = torch.linalg.solve_triangular(Rg, Y, upper=True)
-            W2 = torch.linalg.solve_triangular(R, Z[..., r:, :], upper=True)
-            _axpy_mm(out, None, U, Z[..., :r, :])
-            _axpy_mm(out, out, P, W2)
 
-        return T, finish
+def _gram_ok(stats: list[float]) -> tuple[bool, bool]:
+    """Host-side decision for one batch element: ``(fast path usable, P = 0 to confirm)``."""
+    info, drift, lam_min, scale, trace = stats
+    if info != 0 or not drift <= _POLAR_DRIFT_MAX:
+        return False, False
+    if trace == 0:
+        return True, True
+    return lam_min > 0 and lam_min * _POLAR_KAPPA_MAX >= scale, False
+
+
+def _basis_from_gram(
+    U: torch.Tensor, P: torch.Tensor, f: _GramFactor, has_zero: bool = True
+) -> tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], None]]:
+    """``T`` and ``finish(Y, out): out ← B Y`` of the Gram fast path (``B`` never formed).
+
+    ``B Y = U' Y₁ + N Y₂ = U·L⁻ᵀ(Y₁ − A' Z₂) + P Z₂`` with ``Z₂ = Q Λ^{-1/2} Y₂``
+    (``Λ^{-1/2}`` read as 0 in the ``P = 0`` case; ``has_zero=False`` promises there is
+    none): two ``m × r × r`` products.
+    """
+    L, Ap, lam, Q = f.L, f.Ap, f.lam, f.Q
+    r = L.shape[-1]
+    if has_zero:
+        z = f.zero[..., None]
+        inv = torch.where(z, 0.0, lam.rsqrt())
+        root = torch.where(z, 0.0, lam.sqrt())
+    else:
+        inv, root = lam.rsqrt(), lam.sqrt()
+    Lt = _t(L)
+    Ap = Ap.expand(*Q.shape[:-2], r, r)
+    T = torch.cat(
+        [
+            torch.cat([Lt.expand_as(Ap), Ap], dim=-1),
+            torch.cat([torch.zeros_like(Ap), root[..., :, None] * _t(Q)], dim=-1),
+        ],
+        dim=-2,
+    )
+
+    def finish(Y: torch.Tensor, out: torch.Tensor) -> None:
+        Z2 = Q @ (inv[..., :, None] * Y[..., r:, :])
+        C1 = torch.linalg.solve_triangular(Lt, Y[..., :r, :] - Ap @ Z2, upper=True)
+        _axpy_mm(out, None, U, C1)
+        _axpy_mm(out, out, P, Z2)
+
+    return T, finish
+
+
+def _basis_from_qr(
+    U: torch.Tensor, P: torch.Tensor
+) -> tuple[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], None]]:
+    """Robust path: Householder QR ``[U P] = B T`` (``B``: ``(..., m, k)``, ``k = min(m, 2r)``).
+
+    Exact for rank-deficient or ill-conditioned ``P``, ``P`` with a large component in
+    ``range(U)``, a strongly drifted ``U`` and ``m < 2r``: the completing columns of ``B``
+    are orthogonal to ``U`` to machine precision even where they carry zero weight
+    (Manopt PR #20). About twice the cost of the Gram path.
+    """
     batch = torch.broadcast_shapes(U.shape[:-2], P.shape[:-2])
     B, T = torch.linalg.qr(
         torch.cat([U.expand(*batch, *U.shape[-2:]), P.expand(*batch, *P.shape[-2:])], dim=-1)
     )
 
-    def finish_qr(Y: torch.Tensor, out: torch.Tensor) -> None:
+    def finish(Y: torch.Tensor, out: torch.Tensor) -> None:
         _axpy_mm(out, None, B, Y)
 
-    return T, finish_qr
+    return T, finish
 
 
 class FixedRank(LowRankManifold):
@@ -486,41 +525,85 @@ class FixedRank(LowRankManifold):
                    [V\ V_p]ᵀ = B_u \bigl(T_u K T_vᵀ\bigr) B_vᵀ,
 
         where ``[U U_p] = B_u T_u`` and ``[V V_p] = B_v T_v`` with ``B_u``, ``B_v``
-        orthonormal (``T`` upper triangular, see :func:`_polar_factor`). An SVD of the
-        ``2r × 2r`` core ``T_u K T_vᵀ = P Σ Qᵀ`` gives ``U₊ = B_u P_{:, :r}``,
-        ``S₊ = Σ_{:r}`` (diagonal), ``V₊ = B_v Q_{:, :r}`` (``B`` is never formed:
-        ``B_u P = U Z₁ + U_p W₂`` with ``r × r`` weights). Second order; never forms
-        ``m × n``. Cost ``O((m + n) r² + r³)``: per side one Householder ``geqrf`` of
-        ``U_p`` (no ``orgqr``) and four ``m × r × r`` products in the common case.
+        orthonormal. An SVD of the ``2r × 2r`` core ``T_u K T_vᵀ = P Σ Qᵀ`` gives
+        ``U₊ = B_u P_{:, :r}``, ``S₊ = Σ_{:r}`` (diagonal), ``V₊ = B_v Q_{:, :r}``.
+        Second order; never forms ``m × n``.
 
-        **Orthonormality does not drift**: ``B_u`` is made orthonormal against the
-        *measured* Gram matrix ``[U Q]ᵀ[U Q]`` (one Cholesky-QR step on ``2r × 2r``
-        data), so ``‖U₊ᵀU₊ − I‖ = O(ε)`` after any number of steps, independently of
-        the error carried by ``U``. Rank-deficient or ill-conditioned ``U_p`` (and
-        ``m < 2r``) take a Householder QR of ``[U U_p]`` instead (exact, ≈ 2× cost).
+        **Gram fast path** (the common case; see :func:`_gram_factor`): per side the
+        three ``r × r`` products ``UᵀU``, ``UᵀU_p``, ``U_pᵀU_p``, a Cholesky factor of
+        ``UᵀU`` and a symmetric eigendecomposition ``K_⊥ = U_pᵀU_p − A'ᵀA' = QΛQᵀ`` give
+        ``B_u = [U L⁻ᵀ, N]`` implicitly (``N = P_⊥ Q Λ^{-1/2}``), and
+        ``U₊ = U C₁ + U_p C₂`` with ``r × r`` weights ``C₁``, ``C₂``: five ``m × r × r``
+        products per side in all, no Householder QR of an ``m × r`` matrix, no
+        ``m × r`` temporary. Taken when
+        ``κ = (λ_max(K_⊥) + ‖A'‖_F²)/λ_min(K_⊥) ≤ 64`` (``B_u`` orthonormal to
+        ``O(ε κ)``) and ``‖UᵀU − I‖_F ≤ 1/2``, or when ``U_p = 0`` exactly (then
+        ``B_u = U L⁻ᵀ``, nothing is dropped).
+
+        **Householder path** (``U_p`` rank-deficient or with ``κ > 64``, a large
+        component of ``U_p`` in ``range(U)``, ``m < 2r``, or an overflowing
+        ``U_pᵀU_p``): QR of ``[U U_p]``, exact in all these cases, ≈ 2× the cost. Both
+        paths give the same point up to rounding. Cost ``O((m + n) r² + r³)``.
+
+        **Orthonormality does not drift**: ``UᵀU`` is *measured* at every call and
+        ``U`` re-orthonormalised through its Cholesky factor, so
+        ``‖U₊ᵀU₊ − I‖ = O(ε κ)`` after any number of steps, independently of the
+        error carried by ``U``.
 
         Like every retraction here, a packed ``u`` that is not gauge-fixed
         (``UᵀU_p ≠ 0`` or ``VᵀV_p ≠ 0``) is read as the tangent vector it represents,
         ``Z(u) = U M Vᵀ + U_p Vᵀ + U V_pᵀ`` (so ``retr(x, u) = retr(x, proju(x, u))``):
-        geoopt's ``RiemannianSGD`` seeds its momentum with the raw gradient. The
-        factorisation above is exact for any ``U_p``, so no projection pass is needed.
+        geoopt's ``RiemannianSGD`` seeds its momentum with the raw gradient. Both
+        factorisations are exact for any ``U_p``, so no projection pass is needed.
 
         Raises
         ------
         FloatingPointError
             If ``u`` holds NaN/Inf (``x`` is not modified; nothing is). The check is done
-            on the ``r × r`` factors ``M``, ``R_u``, ``R_v`` into which any non-finite
-            entry of ``u`` propagates, so it costs no pass over ``u``.
+            on ``M`` and on ``U_pᵀU_p``, ``V_pᵀV_p``, into whose diagonals any non-finite
+            entry of ``U_p``, ``V_p`` propagates (``U_p`` itself is scanned only if
+            ``U_pᵀU_p`` is not finite, to tell overflow from NaN/Inf).
         """
         self._check_pair(x, u)
         U, S, V = self.unpack(x)
         Up, M, Vp = self.unpack_tangent(u)
         r = self.r
-        self._finite("M block", M)  # NaN/Inf in U_p, V_p surface in R_u, R_v
-        chk = self.check_finite
-        what = "tangent vector u given to retr ({} block)"
-        Tu, finish_u = _polar_factor(U, Up, what.format("Up") if chk else None)
-        Tv, finish_v = _polar_factor(V, Vp, what.format("Vp") if chk else None)
+        # the only passes over m and n before the output: three r × r Gram blocks per side
+        grams = [(_t(B) @ B, _t(B) @ P, _t(P) @ P) for B, P in ((U, Up), (V, Vp))]
+        # One host sync for all finiteness flags: NaN/Inf in U_p reaches diag(U_pᵀU_p).
+        fin = torch.stack(
+            [torch.isfinite(M).all()] + [torch.isfinite(g[2]).all() for g in grams]
+        ).tolist()
+        if not fin[0]:
+            self._finite("M block", M)
+        sides: list[_GramFactor | None] = []
+        for ok_g, g, P, nm, rows in zip(fin[1:], grams, (Up, Vp), ("Up", "Vp"), (self.m, self.n)):
+            if not ok_g:  # NaN/Inf in P (raise), or a finite P whose Gram overflows (QR path)
+                self._finite(f"{nm} block", P)
+            sides.append(_gram_factor(*g) if ok_g and rows >= 2 * r else None)
+        cand = [(i, f) for i, f in enumerate(sides) if f is not None]
+        has_zero = [False, False]
+        if cand:  # one more sync: the fast-path decisions of both sides
+            stats = torch.cat([f.stats.reshape(-1, 5) for _, f in cand]).tolist()
+            k = 0
+            for i, f in cand:
+                n_el = f.zero.numel()  # batch elements (zero has the full batch shape)
+                dec = [_gram_ok(s) for s in stats[k : k + n_el]]
+                k += n_el
+                ok = all(d[0] for d in dec)
+                has_zero[i] = any(d[1] for d in dec)
+                if ok and has_zero[i]:  # PᵀP = 0 exactly: is P = 0? (one scan)
+                    P = (Up, Vp)[i]
+                    ok = bool((~f.zero | (P == 0).flatten(-2).all(-1)).all())
+                if not ok:
+                    sides[i] = None
+        fu, fv = sides
+        Tu, finish_u = (
+            _basis_from_gram(U, Up, fu, has_zero[0]) if fu is not None else _basis_from_qr(U, Up)
+        )
+        Tv, finish_v = (
+            _basis_from_gram(V, Vp, fv, has_zero[1]) if fv is not None else _basis_from_qr(V, Vp)
+        )
         # T_u K T_vᵀ with K = [[S + M, I], [I, 0]]: T_u[:, :r] (S+M) T_v[:, :r]ᵀ + cross terms
         Tu1, Tu2 = Tu[..., :r], Tu[..., r:]
         Tv1, Tv2 = Tv[..., :r], Tv[..., r:]
