@@ -75,8 +75,12 @@ Before anything is modified, :meth:`step` checks all gradients for NaN/Inf (one
 reduction per parameter and a single host synchronisation). With ``nonfinite="raise"``
 (default) it raises :class:`FloatingPointError` naming the parameter; with
 ``nonfinite="skip"`` the whole step is skipped (no parameter, no state, no step counter
-changes), which is what mixed-precision loss scaling expects. Either way nothing is
-corrupted. Per parameter, all new values are computed before the single write.
+changes), which is what mixed-precision loss scaling expects; the skip is reported by a
+:class:`RuntimeWarning` naming the step and the parameter(s) and counted in the
+attribute ``nan_skips`` (the same name and meaning as
+:attr:`~manifold_lowrank.optim.lowrank_base.LowRankOptimizer.nan_skips` of the
+rank-adaptive optimizers; kept by ``state_dict``/``load_state_dict``). Either way nothing
+is corrupted. Per parameter, all new values are computed before the single write.
 
 Cost per step and parameter: one ``egrad2rgrad`` (or ``proju``), one ``retr_transp``,
 one ``proju``; ``O((m+n)r² + r³)`` for FixedRank. Nothing dense is formed.
@@ -200,11 +204,27 @@ class _RiemannianOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self._warned_no_decay: set[str] = set()
+        self.nan_skips = 0
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_warned_no_decay", set())  # not part of the pickled state
+        self.__dict__.setdefault("nan_skips", 0)
+
+    # -- (de)serialisation ------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Torch's optimizer state dict plus ``{"riemannian": {"nan_skips": n}}``."""
+        sd = super().state_dict()
+        sd["riemannian"] = {"nan_skips": int(self.nan_skips)}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of :meth:`state_dict` (or a plain torch optimizer one)."""
+        sd = dict(state_dict)
+        extra = sd.pop("riemannian", None)
+        super().load_state_dict(sd)
+        self.nan_skips = int(extra.get("nan_skips", 0)) if extra is not None else 0
 
     # -- groups ---------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
@@ -241,7 +261,14 @@ class _RiemannianOptimizer(torch.optim.Optimizer):
         return bool(torch.stack([f.to(dev) for f in flags]).all())
 
     def _handle_nonfinite(self) -> None:
-        """Slow path after a failed check: raise for a ``"raise"`` group, else skip."""
+        """Slow path after a failed check: raise for a ``"raise"`` group, else skip.
+
+        Skipping increments :attr:`nan_skips` and emits a :class:`RuntimeWarning` naming
+        the step (the per-parameter step counter the skipped step would have reached) and
+        the parameter(s) with a non-finite gradient. Nothing else is modified.
+        """
+        bad: list[str] = []
+        step = 0
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if p.grad is None or bool(torch.isfinite(p.grad).all()):
@@ -252,6 +279,16 @@ class _RiemannianOptimizer(torch.optim.Optimizer):
                         f"{tuple(p.shape)}) contains NaN or Inf; no parameter or optimizer "
                         "state was modified (nonfinite='skip' skips such steps instead)"
                     )
+                bad.append(f"parameter {pi} of param group {gi} (shape {tuple(p.shape)})")
+                step = max(step, int(self.state.get(p, {}).get("step", 0)) + 1)  # .get: no insert
+        self.nan_skips += 1
+        warnings.warn(
+            f"{type(self).__name__}: non-finite gradient at step {step} in "
+            f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}; the step was skipped and "
+            f"nothing was modified (skip #{self.nan_skips})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -424,7 +461,14 @@ class RiemannianSGD(_RiemannianOptimizer):
     gradient : {"euclidean", "riemannian"}, default "euclidean"
         What ``p.grad`` holds (see the module notes).
     nonfinite : {"raise", "skip"}, default "raise"
-        Policy for NaN/Inf gradients; nothing is modified in either case.
+        Policy for NaN/Inf gradients; nothing is modified in either case (``"skip"`` warns
+        and counts in :attr:`nan_skips`).
+
+    Attributes
+    ----------
+    nan_skips : int
+        Number of steps skipped because of a NaN/Inf gradient (``nonfinite="skip"``); each
+        skip also emits a :class:`RuntimeWarning`. Saved by :meth:`state_dict`.
 
     Notes
     -----
@@ -553,6 +597,11 @@ class RiemannianAdam(_RiemannianOptimizer):
         What ``p.grad`` holds.
     nonfinite : {"raise", "skip"}, default "raise"
         Policy for NaN/Inf gradients.
+
+    Attributes
+    ----------
+    nan_skips : int
+        As in :class:`RiemannianSGD`.
 
     Notes
     -----

@@ -746,7 +746,9 @@ def test_nan_gradient_skip_policy_skips_the_whole_step():
     _mixed_loss(params, mans, 0).backward()
     params[0].grad[0, 0] = math.inf
     snap = [p.detach().clone() for p in params]
-    assert opt.step() is None
+    with pytest.warns(RuntimeWarning, match="non-finite gradient at step 1 in parameter 0"):
+        assert opt.step() is None
+    assert opt.nan_skips == 1
     for p, s in zip(params, snap):
         assert torch.equal(p.detach(), s)
     assert len(opt.state) == 0
@@ -755,3 +757,64 @@ def test_nan_gradient_skip_policy_skips_the_whole_step():
     opt.step()
     assert all(opt.state[p]["step"] == 1 for p in params)
     assert not torch.equal(params[0].detach(), snap[0])
+
+
+@pytest.mark.parametrize("opt_cls", [RiemannianSGD, RiemannianAdam])
+def test_skip_policy_warns_counts_and_round_trips_the_counter(opt_cls):
+    """NaN at step k = 3: factors and state before == after, one warning naming the step
+    and the parameter, ``nan_skips == 1``, and the counter survives ``state_dict``."""
+    params, mans = _mixed_params(4)
+    kw = dict(lr=0.05, momentum=0.9) if opt_cls is RiemannianSGD else dict(lr=0.05)
+    opt = opt_cls(params, nonfinite="skip", **kw)
+    for k in range(2):
+        opt.zero_grad()
+        _mixed_loss(params, mans, k).backward()
+        opt.step()
+    assert opt.nan_skips == 0
+    snap_p = [p.detach().clone() for p in params]
+    snap_s = copy.deepcopy(opt.state_dict())
+    opt.zero_grad()
+    _mixed_loss(params, mans, 2).backward()
+    params[1].grad[3] = math.nan  # the Tucker parameter only
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        opt.step()
+    msgs = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1
+    assert f"{opt_cls.__name__}: non-finite gradient at step 3" in msgs[0]
+    assert "parameter 1 of param group 0" in msgs[0] and "skip #1" in msgs[0]
+    assert opt.nan_skips == 1
+    for p, s in zip(params, snap_p):
+        assert torch.equal(p.detach(), s)
+    st = opt.state_dict()
+    for k, v in snap_s["state"].items():
+        for key, val in v.items():
+            cur = st["state"][k][key]
+            assert torch.equal(cur, val) if isinstance(val, torch.Tensor) else cur == val
+    assert st["riemannian"] == {"nan_skips": 1}
+    buf = io.BytesIO()
+    torch.save(st, buf)
+    buf.seek(0)
+    opt2 = opt_cls(params, nonfinite="skip", **kw)
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+    assert opt2.nan_skips == 1
+    assert all(opt2.state[p]["step"] == 2 for p in params)
+    opt2.load_state_dict({k: v for k, v in st.items() if k != "riemannian"})  # a torch one
+    assert opt2.nan_skips == 0
+
+
+def test_skip_policy_in_one_group_raise_in_another_raises():
+    """A NaN in a ``"raise"`` group raises even when another group skips; nothing counted."""
+    params, mans = _mixed_params(5)
+    opt = RiemannianSGD(
+        [{"params": params[:2], "nonfinite": "skip"}, {"params": params[2:]}], lr=0.05
+    )
+    opt.zero_grad()
+    _mixed_loss(params, mans, 0).backward()
+    params[0].grad[0, 0] = math.nan
+    params[2].grad[0, 0] = math.nan
+    snap = [p.detach().clone() for p in params]
+    with pytest.raises(FloatingPointError, match="parameter 0 of param group 1"):
+        opt.step()
+    assert opt.nan_skips == 0
+    assert all(torch.equal(p.detach(), s) for p, s in zip(params, snap))
