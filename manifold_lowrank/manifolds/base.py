@@ -55,6 +55,12 @@ dtype-agnostic, and never forming a dense ambient object on the hot path):
 ``_check_point_on_manifold``, ``_check_vector_on_tangent``
     Return ``(ok, reason)``; the reason names the failing block and the measured error.
 
+Optional: ``scale_point(x, factor) -> (y, tangents_need_transport)`` for a manifold
+closed under scaling (``factor·X`` is again a point): :mod:`manifold_lowrank.optim`'s
+Riemannian optimizers then apply decoupled weight decay through it (``y`` represents
+``factor·X``; ``x`` is not modified; the flag says whether the packed tangent vectors at
+``x`` must be transported to ``y``). Without it ``weight_decay`` is skipped with a warning.
+
 Helpers a subclass may call (stable, protected API): ``_check_tensor(t, name)`` (packed
 floating tensor of the right trailing shape, or ``TypeError``/``ValueError`` naming
 ``name``), ``_check_pair(x, u, name)`` (the same for a point and a vector, plus equal

@@ -28,6 +28,9 @@ they converge), but some of their choices are wrong or wasteful for low-rank poi
    * :class:`~manifold_lowrank.manifolds.Tucker`: ``C ← (1 − ηλ) C``, hence
      ``X ← (1 − ηλ) X``;
    * plain tensors and :class:`geoopt.Euclidean`: ``p ← (1 − ηλ) p``;
+   * a manifold that defines ``scale_point(x, factor) -> (y, tangents_need_transport)``
+     (a point representing ``factor·X``, ``x`` unmodified; e.g. a new manifold closed
+     under scaling, see :mod:`manifold_lowrank.manifolds.base`): that hook;
    * every other manifold (``Stiefel``, ``Sphere``, products, …): **no decay** (its points
      are not closed under scaling); a :class:`UserWarning` is issued once per optimizer
      and manifold type when ``weight_decay > 0`` meets such a parameter.
@@ -139,6 +142,10 @@ def _decayed(
         manifold.unpack(y).core.mul_(factor)  # zero-copy view into y
         # ξ = Ċ ×U + Σ C ×_k U̇_k ×_{j≠k} U_j involves C: transport re-expresses it.
         return y, True
+    scale = getattr(manifold, "scale_point", None)
+    if callable(scale):  # the hook a third-party manifold closed under scaling provides
+        y, move = scale(x, factor)
+        return y, bool(move)
     return None
 
 
@@ -364,7 +371,8 @@ class _RiemannianOptimizer(torch.optim.Optimizer):
                 self._warned_no_decay.add(key)
                 warnings.warn(
                     f"weight_decay is not applied to parameters on {key}: only Euclidean, "
-                    "FixedRank (S block) and Tucker (core) parameters are decayed",
+                    "FixedRank (S block), Tucker (core) and manifolds with a scale_point "
+                    "method are decayed",
                     UserWarning,
                     stacklevel=4,
                 )

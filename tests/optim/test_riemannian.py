@@ -353,6 +353,33 @@ def test_weight_decay_skips_other_manifolds_with_one_warning():
         opt.step()  # warned once only
 
 
+class _SphereWithDecayHook(geoopt.Sphere):
+    """A third-party manifold declaring how weight decay acts on it (``scale_point``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.factors = []
+
+    def scale_point(self, x, factor):
+        self.factors.append(factor)
+        return x.clone(), False  # (a real manifold would return a point representing factor·X)
+
+
+@pytest.mark.parametrize("opt_cls", [RiemannianSGD, RiemannianAdam])
+def test_weight_decay_uses_the_scale_point_hook_of_a_new_manifold(opt_cls):
+    M = _SphereWithDecayHook()
+    x0 = M.projx(torch.randn(5, dtype=DT, generator=_gen(1)))
+    x = geoopt.ManifoldParameter(x0.clone(), manifold=M)
+    lr, wd = 0.1, 0.5
+    opt = opt_cls([x], lr=lr, weight_decay=wd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not applied" warning: the hook is used
+        x.grad = torch.zeros_like(x)
+        opt.step()
+    assert M.factors == [pytest.approx(1 - lr * wd, rel=0, abs=EPS)]
+    torch.testing.assert_close(x.detach(), x0, atol=100 * EPS, rtol=0)
+
+
 # =====================================================================================
 # Tangency of the Adam direction and of the transported momenta
 # =====================================================================================
