@@ -92,6 +92,20 @@ def test_adam_step_stays_tangent(tut: dict[str, Any]) -> None:
         assert ok, reason
 
 
+def test_weight_decay_goes_through_the_scale_point_hook(tut: dict[str, Any]) -> None:
+    """With a zero gradient, one step of decoupled weight decay maps X to (1 − ηλ)X."""
+    M = tut["PSDFixedRank"](9, 2)
+    gen = torch.Generator().manual_seed(4)
+    x0 = M.random(dtype=torch.float64, generator=gen)
+    x = geoopt.ManifoldParameter(x0.clone(), manifold=M)
+    opt = RiemannianSGD([x], lr=0.1, weight_decay=2.0)
+    x.grad = torch.zeros_like(x)
+    opt.step()
+    X0 = M.embed(x0)
+    tol = 100 * EPS64 * float(torch.linalg.matrix_norm(X0))
+    torch.testing.assert_close(M.embed(x.detach()), 0.8 * X0, atol=tol, rtol=0)
+
+
 def test_rsgd_reaches_the_eigen_truncation_at_the_predicted_rate(tut: dict[str, Any]) -> None:
     """Nearest rank-r PSD matrix to an RBF kernel matrix of real data (digits).
 

@@ -308,6 +308,13 @@ class PSDFixedRank(LowRankManifold):
         Q, R = qr_signfix(U)
         return self._cat(Q, _sym(R @ D @ _t(R)))
 
+    def scale_point(self, x: torch.Tensor, factor: float) -> tuple[torch.Tensor, bool]:
+        """``factor·X = U (factor·D) Uᵀ`` (optional hook: the library's optimizers apply
+        ``weight_decay`` through it). The tangent blocks ``[U_p; M]`` do not involve ``D``,
+        so tangent vectors need no transport."""
+        U, D = self.unpack(x)
+        return self._cat(U.clone(), factor * D), False
+
     def random(
         self,
         *size: int,
