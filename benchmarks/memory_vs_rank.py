@@ -29,11 +29,14 @@ Tables:
    sweep's fit.
 3. Long runs (``--steps``, default 10⁴; ``--quick`` 1500) of GeoLoRA and DLRT
    (rank-adaptive): RSS and live-tensor count, first/last/max and the fitted trend, with
-   the optimizers' ``rank_history`` off (no growth at all) and, for GeoLoRA, on (it grows
-   by one small list entry per step, by design).
+   the optimizers' ``rank_history`` off (no growth at all), on and unbounded (GeoLoRA: it
+   grows by one small entry per step, ≈ 0.17 KiB/step, by design), and on with
+   ``rank_history_maxlen`` (``--maxlen``, default 200; GeoLoRA and DLRT: constant once
+   full). Also printed: the entries and deep size (Python objects) of the histories.
 
-Run ``python benchmarks/memory_vs_rank.py`` (``--quick`` for a short run, ``--plot PATH``
-to save a figure).
+Run ``python benchmarks/memory_vs_rank.py`` (``--quick`` for a short run, ``--part long``
+for table 3 only, ``--part maxlen`` for its two bounded-history runs, ``--plot PATH`` to
+save a figure).
 """
 
 from __future__ import annotations
@@ -251,7 +254,24 @@ def adaptive_trace(steps: int, every: int) -> list[tuple[int, int, int, int]]:
     return rows
 
 
-def long_run(kind: str, steps: int, sample: int, warm: int, history: bool) -> dict:
+def history_bytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
+    """``(entries, bytes)`` of the optimizer's per-step histories (Python objects, deep)."""
+    n = size = 0
+    for name in ("rank_history", "truncation_history"):
+        h = getattr(opt, name, None)
+        if h is None:
+            continue
+        n += len(h)
+        size += sys.getsizeof(h)
+        for step, ranks in h:
+            size += sys.getsizeof((step, ranks)) + sys.getsizeof(step) + sys.getsizeof(ranks)
+            size += sum(sys.getsizeof(r) for r in ranks)
+    return n, size
+
+
+def long_run(
+    kind: str, steps: int, sample: int, warm: int, history: bool, maxlen: int | None = None
+) -> dict:
     import psutil
 
     proc = psutil.Process()
@@ -259,7 +279,8 @@ def long_run(kind: str, steps: int, sample: int, warm: int, history: bool) -> di
     model = lowrank_mlp(64, max_rank=96)
     opts = make_opts(kind if kind != "geolora" else "geolora_adaptive", model, 96)
     opts[0].record_history = history
-    xs, rss, ntens, ranks = [], [], [], []
+    opts[0].rank_history_maxlen = maxlen  # also a constructor argument of DLRT, GeoLoRA, DEBORA
+    xs, rss, ntens, ranks, hist = [], [], [], [], []
     for t in range(1, steps + 1):
         train_step(model, opts, data)
         if t >= warm and (t - warm) % sample == 0:
@@ -270,15 +291,20 @@ def long_run(kind: str, steps: int, sample: int, warm: int, history: bool) -> di
                 warnings.simplefilter("ignore")
                 ntens.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
             ranks.append(sum(ranks_of(model)))
+            hist.append(history_bytes(opts[0]))
     _, b, _ = linfit([float(x) for x in xs], [float(y) for y in rss])
-    label = f"{kind} (history {'on' if history else 'off'})"
+    _, hb, _ = linfit([float(x) for x in xs], [float(h[1]) for h in hist])
+    label = f"{kind} (history {'on' if history else 'off'}, maxlen {maxlen})"
     print(
-        f"{label:>22}: {len(xs)} samples from step {warm}; RSS first {rss[0] / 2**20:.1f} MiB, "
+        f"{label:>36}: {len(xs)} samples from step {warm}; RSS first {rss[0] / 2**20:.1f} MiB, "
         f"last {rss[-1] / 2**20:.1f} MiB, max {max(rss) / 2**20:.1f} MiB; trend "
         f"{b * 1000 / 1024:+.1f} KiB/1000 steps; live tensors {min(ntens)}..{max(ntens)}; "
-        f"Σranks {min(ranks)}..{max(ranks)}"
+        f"Σranks {min(ranks)}..{max(ranks)}; history entries {hist[0][0]} -> {hist[-1][0]}, "
+        f"{hist[0][1] / 1024:.1f} -> {hist[-1][1] / 1024:.1f} KiB "
+        f"(trend {hb * 1000 / 1024:+.2f} KiB/1000 steps)",
+        flush=True,
     )
-    return {"steps": xs, "rss": rss, "tensors": ntens, "ranks": ranks}
+    return {"steps": xs, "rss": rss, "tensors": ntens, "ranks": ranks, "history": hist}
 
 
 def main() -> None:
@@ -288,24 +314,48 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=500)
     p.add_argument("--plot", default=None, help="save a figure to this path")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--maxlen", type=int, default=200, help="rank_history_maxlen of table 3")
+    p.add_argument(
+        "--part",
+        choices=["all", "long", "maxlen"],
+        default="all",
+        help="long: table 3 only; maxlen: only its two runs with history on and maxlen set",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", RuntimeWarning)
     ranks = [8, 32, 96] if args.quick else [8, 16, 32, 64, 96, 128]
     steps = args.steps or (1500 if args.quick else 10_000)
-    print("# 1. rank sweep (bytes after 3 warm-up steps; total = live + profiled step peak)")
-    sw = sweep(ranks, warm=3)
-    print()
-    print("# 2. one rank-adaptive GeoLoRA run (tau = 0.3, start rank 96)")
-    tr = adaptive_trace(60 if args.quick else 200, 10 if args.quick else 20)
-    print()
+    sw: dict = {}
+    tr: list = []
+    if args.part == "all":
+        print("# 1. rank sweep (bytes after 3 warm-up steps; total = live + profiled step peak)")
+        sw = sweep(ranks, warm=3)
+        print()
+        print("# 2. one rank-adaptive GeoLoRA run (tau = 0.3, start rank 96)")
+        tr = adaptive_trace(60 if args.quick else 200, 10 if args.quick else 20)
+        print()
     print(f"# 3. long runs: {steps} steps, RSS every {args.sample} steps")
     warm = min(500, steps // 3)
+    runs = (
+        ("geolora", False, None),
+        ("dlrt", False, None),
+        ("geolora", True, None),
+        ("geolora", True, args.maxlen),
+        ("dlrt", True, args.maxlen),
+    )
+    if args.part == "maxlen":
+        runs = runs[3:]
     lr = {
-        f"{k}, history {'on' if h else 'off'}": long_run(k, steps, args.sample, warm, h)
-        for k, h in (("geolora", False), ("dlrt", False), ("geolora", True))
+        f"{k}, history {'on' if h else 'off'}, maxlen {m}": long_run(
+            k, steps, args.sample, warm, h, m
+        )
+        for k, h, m in runs
     }
-    print("(history on: rank_history keeps one (step, ranks) entry per step, ≈ 0.17 KiB/step)")
+    print(
+        "(history on, maxlen None: rank_history keeps one (step, ranks) entry per step, "
+        "≈ 0.17 KiB/step; with rank_history_maxlen the histories stop at maxlen entries)"
+    )
     if args.plot:
         import matplotlib
 

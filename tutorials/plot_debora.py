@@ -164,9 +164,10 @@ fig.tight_layout()
 # %%
 # What happened
 # -------------
-# * The first Frank–Wolfe steps pour budget into the components with the most negative
-#   hypergradient; away steps take it back from components that do not help ``f₁``, and a
-#   *drop step* puts such a weight exactly at ``ε``.
+# * The weights start at the barycentre of ``𝒮`` (``ε + τ/(r+1)`` each: every component
+#   takes part from the first step). Frank–Wolfe steps pour budget into the components
+#   with the most negative hypergradient; away steps take it back from components that do
+#   not help ``f₁``, and a *drop step* puts such a weight exactly at ``ε``.
 # * The support (weights above ``ε``) settles long before pruning is allowed; pruning then
 #   removes the idle components, so the parameters really shrink.
 # * With stochastic gradients the gap fluctuates (it is evaluated on one minibatch), but

@@ -13,7 +13,9 @@ Train with :class:`~manifold_lowrank.optim.DEBORA` (the budget ``τ`` is an opti
 argument; ``AdapterConfig.tau`` is GeoLoRA's truncation tolerance and is ignored here).
 
 ``method_kwargs`` (all optional, saved in ``adapter_config.json``)
-    ``eps`` (float, default ``1e-3``): initial weights ``s = ε𝟏``;
+    ``eps`` (float, default ``1e-3``): initial weights ``s = ε𝟏`` (``ΔW ≈ 0``;
+    ``DEBORA(init="auto")`` then moves them to the barycentre ``ε + τ/(R+1)`` of the
+    simplex);
     ``bases`` (``"auto"``, ``"stiefel"``, ``"oblique"``, ``"free"``);
     ``tensor_format`` (``"tucker"`` or ``"cp"``, for ``conv_format="tucker"``);
     ``tucker_in_rank`` (int): rank of the input-channel mode of Tucker adapters

@@ -91,9 +91,17 @@ capped at ``α_max = λ_y/(1−λ_y)``; a capped away step drops the vertex, put
 component *exactly* at ``ε``. Pruning: after ``prune_after`` upper steps, a component
 whose weight has been at ``ε`` (barycentric weight ``≤ prune_tol``) for
 ``prune_patience`` consecutive upper steps is removed (``set_point`` reallocates the
-factors; optimizer state columns are deleted). Since the start point is the vertex
-``ε𝟏`` (every component at the bound), ``prune_after`` must leave FW time to visit the
-useful components.
+factors; optimizer state columns are deleted).
+
+Start point. The paper's initialisation could not be read here (see above); fresh
+adapters start at the *barycentre* ``s₀ = ε𝟏 + τ/(R+1)·𝟏`` of the simplex (``init``),
+a feasible interior point where every vertex is active. From the vertex ``ε𝟏`` (all
+weights at the bound, what ``S = 0`` adapters would give) Frank–Wolfe adds at most one
+component per upper step, so with ``T`` iterations at most ``T`` of the ``R``
+components are ever used, and the lower level barely trains the bases of the others
+(their gradients scale with ``s_j = ε``); the issue's description — components that
+*reach* the boundary are pruned, so the rank *falls* — presupposes a start inside
+``𝒮``. ``init="keep"`` restores the vertex start.
 
 Mapping from the paper
 ----------------------
@@ -129,7 +137,11 @@ from manifold_lowrank.optim.frank_wolfe import (
     StepRule,
     away_step_fw_update,
 )
-from manifold_lowrank.optim.lowrank_base import LowRankOptimizer
+from manifold_lowrank.optim.lowrank_base import (
+    BoundedHistory,
+    LowRankOptimizer,
+    check_history_maxlen,
+)
 
 __all__ = [
     "DEBORA",
@@ -142,6 +154,7 @@ __all__ = [
 _LOWER = ("adam", "sgd")
 _HYPER = ("closed_form", "partial")
 _BUDGET = ("global", "layer")
+_INIT = ("auto", "barycenter", "keep")
 
 
 # --------------------------------------------------------------------------- geometry
@@ -268,8 +281,7 @@ class DEBORA(LowRankOptimizer):
         :class:`~manifold_lowrank.optim.LowRankOptimizer`. Any matrix adapter and any
         4-way Tucker conv adapter with full spatial modes is accepted: it is
         re-parametrised *exactly* into the dEBORA form at construction (``S``
-        diagonalised, bases normalised), then ``s`` is projected onto ``𝒮`` (fresh
-        adapters with ``S = 0`` start at the vertex ``ε𝟏``).
+        diagonalised, bases normalised), then ``s`` is initialised as ``init`` says.
     tau : float
         Budget ``τ > 0`` of the simplex.
     eps : float, default 1e-3
@@ -290,6 +302,19 @@ class DEBORA(LowRankOptimizer):
         Format of Tucker layers without a ``debora_format`` attribute.
     budget : {"global", "layer"}, default "global"
         One simplex over all components of all layers, or one per layer.
+    init : {"auto", "barycenter", "keep"}, default "auto"
+        Start point ``s₀`` of the upper level. ``"barycenter"``: the centre of every
+        simplex block, ``s₀ = ε𝟏 + τ/(R+1) 𝟏`` (``R`` components in the block): every
+        vertex is in the active set with weight ``1/(R+1)``, so every component takes part
+        from the first step, and away/drop steps remove the useless ones (the rank *falls*).
+        ``"keep"``: the adapters' current weights, projected onto ``𝒮`` (fresh adapters
+        with ``S = 0`` then start at the vertex ``ε𝟏``, where Frank–Wolfe activates at most
+        one component per upper step and the bases of inactive components receive
+        gradients scaled by ``ε``). ``"auto"``: ``"barycenter"`` if every weight is
+        ``≤ ε`` (fresh adapters: ``"keep"`` would start at the vertex ``ε𝟏``), else
+        ``"keep"`` (trained or converted adapters). The
+        barycentre changes ``ΔW`` at construction (``‖ΔW‖`` of order ``scaling·τ/(R+1)``
+        per component).
     step_rule : {"constant", "diminishing", "short_step"}, default "constant"
         Upper-level step rule (:class:`~manifold_lowrank.optim.frank_wolfe.StepRule`).
     step_size : float, default 0.05
@@ -304,9 +329,9 @@ class DEBORA(LowRankOptimizer):
     gap_tol : float, default 0
         No FW step when the gap is ``≤ gap_tol``.
     prune_after : int, default 50
-        Number of upper steps before pruning may happen (``n₀``). The start point ``ε𝟏``
-        has *every* weight at the bound, so pruning right away would delete components
-        Frank–Wolfe has not visited yet.
+        Number of upper steps before pruning may happen (``n₀``). With the vertex start
+        ``ε𝟏`` (``init="keep"`` on fresh adapters) *every* weight is at the bound, so
+        pruning right away would delete components Frank–Wolfe has not visited yet.
     prune_patience : int, default 10
         Consecutive upper steps a weight must sit at ``ε`` before it is pruned (guards
         against a single noisy stochastic step).
@@ -323,6 +348,9 @@ class DEBORA(LowRankOptimizer):
         modified either way.
     record_weights : bool, default False
         Store a copy of every layer's ``s`` in :attr:`history` after each upper step.
+    rank_history_maxlen : int or None
+        Keep only the last ``rank_history_maxlen`` entries of :attr:`rank_history` and
+        of :attr:`history` (default: unbounded).
 
     Attributes
     ----------
@@ -355,6 +383,7 @@ class DEBORA(LowRankOptimizer):
         bases: str = "auto",
         tensor_format: str = "tucker",
         budget: str = "global",
+        init: str = "auto",
         step_rule: str = "constant",
         step_size: float = 0.05,
         step_offset: float = 2.0,
@@ -369,6 +398,7 @@ class DEBORA(LowRankOptimizer):
         seed: int = 0,
         nan_policy: str = "skip",
         record_history: bool = True,
+        rank_history_maxlen: int | None = None,
         record_weights: bool = False,
     ) -> None:
         self.tau = _positive("tau", tau)
@@ -390,6 +420,7 @@ class DEBORA(LowRankOptimizer):
         self.bases = _choice("bases", bases, (*BASES_KINDS, "auto"))
         self.tensor_format = _choice("tensor_format", tensor_format, ("tucker", "cp"))
         self.budget = _choice("budget", budget, _BUDGET)
+        self.init = _choice("init", init, _INIT)
         _choice("step_rule", step_rule, ("constant", "diminishing", "short_step"))
         self.rule = StepRule(
             step_rule,  # type: ignore[arg-type]
@@ -412,6 +443,7 @@ class DEBORA(LowRankOptimizer):
             {"lr": lr_},
             nan_policy=nan_policy,
             record_history=record_history,
+            rank_history_maxlen=rank_history_maxlen,
         )
         self.formats: list[str] = [debora_format_of(la, self.tensor_format) for la in self.layers]
         self.layer_bases: list[str] = []
@@ -429,7 +461,9 @@ class DEBORA(LowRankOptimizer):
                 UserWarning,
                 stacklevel=2,
             )
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = BoundedHistory(
+            maxlen=check_history_maxlen(rank_history_maxlen)
+        )
         self.fw_gap = float("nan")
         self._fw_t = 0
         self._lower_t = 0
@@ -445,9 +479,25 @@ class DEBORA(LowRankOptimizer):
 
     def _canonicalize(self, gen: torch.Generator) -> None:
         parts = [self._parts(i, canonical=True, gen=gen) for i in range(len(self.layers))]
-        news = self._project_weights([p.s for p in parts])
+        init = self.init
+        if init == "auto":
+            # fresh adapters: every weight at (or below) ε, i.e. the vertex ε𝟏 after projection
+            fresh = all(
+                float(p.s.max()) <= self.eps * (1 + 1e-6) + self._storage_tol(p.s.dtype)
+                for p in parts
+                if p.s.numel()
+            )
+            init = "barycenter" if fresh else "keep"
+        if init == "barycenter":
+            news = self._barycenter_weights([p.s for p in parts])
+        else:
+            news = self._project_weights([p.s for p in parts])
         for i, (p, s) in enumerate(zip(parts, news)):
-            if p.s.numel() and float((s - p.s).abs().max()) > self.eps * 1.000001 + 0.0:
+            if (
+                init == "keep"
+                and p.s.numel()
+                and float((s - p.s).abs().max()) > self.eps * 1.000001 + 0.0
+            ):
                 warnings.warn(
                     f"layer {self.layer_names[i]!r}: its weights were outside the simplex "
                     f"(eps={self.eps}, tau={self.tau}) and were projected onto it",
@@ -463,6 +513,15 @@ class DEBORA(LowRankOptimizer):
         if self.budget == "global":
             return [(list(range(len(sizes))), PerturbedSimplex(sum(sizes), self.tau, self.eps))]
         return [([i], PerturbedSimplex(n, self.tau, self.eps)) for i, n in enumerate(sizes)]
+
+    def _barycenter_weights(self, ss: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``ε + τ/(R+1)`` for every weight of a block of ``R`` components."""
+        sizes = [int(s.numel()) for s in ss]
+        out: list[torch.Tensor] = [s for s in ss]
+        for idx, simplex in self._blocks(sizes):
+            for i in idx:
+                out[i] = torch.full_like(ss[i], self.eps + self.tau / (simplex.dim + 1))
+        return out
 
     def _project_weights(self, ss: list[torch.Tensor]) -> list[torch.Tensor]:
         sizes = [int(s.numel()) for s in ss]

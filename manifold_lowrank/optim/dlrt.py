@@ -117,7 +117,9 @@ from manifold_lowrank.manifolds.types import (
 )
 from manifold_lowrank.nn.base import LowRankModule, TuckerModule
 from manifold_lowrank.optim.lowrank_base import (
+    BoundedHistory,
     LowRankOptimizer,
+    check_history_maxlen,
     find_lowrank_layers,
     layer_rank,
     transport_core,
@@ -362,13 +364,17 @@ class DLRT(LowRankOptimizer):
         a warning (the cycle does not advance) or :class:`FloatingPointError` is raised.
     record_history : bool
         Keep :attr:`rank_history` and :attr:`truncation_history`.
+    rank_history_maxlen : int or None
+        Keep only the last ``rank_history_maxlen`` entries of each of the two histories
+        (constant memory over any number of steps); ``None`` (default) keeps all: one
+        entry per step in :attr:`rank_history` (≈ 0.17 KiB/step for three layers).
 
     Attributes
     ----------
     last_step_kind : str or None
         ``"augment"``, ``"coefficient"``, ``"coefficient+truncate"``,
         ``"augment+truncate"`` (parallel), ``"closure"`` or ``"fine_tune"``.
-    truncation_history : list of (int, list)
+    truncation_history : BoundedHistory of (int, list)
         ``(step, ranks)`` after every truncation.
     phase : str
         ``"train"`` or ``"fine_tune"`` (S only, after :meth:`start_fine_tuning`).
@@ -401,6 +407,7 @@ class DLRT(LowRankOptimizer):
         separate_kl_passes: bool = False,
         nan_policy: str = "skip",
         record_history: bool = True,
+        rank_history_maxlen: int | None = None,
     ) -> None:
         if integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
@@ -444,10 +451,14 @@ class DLRT(LowRankOptimizer):
         self.train_dense = bool(train_dense)
         self.phase = "train"
         self.last_step_kind: str | None = None
-        self.truncation_history: list[tuple[int, list[Any]]] = []
+        self.truncation_history = BoundedHistory(maxlen=check_history_maxlen(rank_history_maxlen))
         self._pos = 0
         super().__init__(
-            layer_groups, defaults, nan_policy=nan_policy, record_history=record_history
+            layer_groups,
+            defaults,
+            nan_policy=nan_policy,
+            record_history=record_history,
+            rank_history_maxlen=rank_history_maxlen,
         )
         self._n_layer_groups = len(self.layers)
         # the Parameter objects never change (rank changes replace .data): cache them
@@ -584,19 +595,6 @@ class DLRT(LowRankOptimizer):
     def dense_param_groups(self) -> list[dict[str, Any]]:
         """The parameter groups of non-low-rank parameters (standard update)."""
         return self.param_groups[self._n_layer_groups :]
-
-    def num_adapter_parameters(self) -> int:
-        """Number of entries held by the factors of all layers (without frozen identities)."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, TuckerModule):
-                core, fs = layer.tucker_parameters()
-                total += core.numel() + sum(
-                    f.numel() for k, f in enumerate(fs) if k not in layer.full_modes
-                )
-            else:
-                total += sum(p.numel() for p in layer.factors())  # type: ignore[operator]
-        return total
 
     def cycle_position(self) -> int:
         """Steps taken in the current cycle (``0``: the next step augments)."""
@@ -1170,7 +1168,8 @@ class DLRT(LowRankOptimizer):
         if extra is not None:
             self._pos = int(extra.get("pos", 0)) % self.augment_every
             self.phase = str(extra.get("phase", "train"))
-            self.truncation_history = [
-                (int(s), list(r)) for s, r in extra.get("truncation_history", [])
-            ]
+            self.truncation_history = BoundedHistory(
+                [(int(s), list(r)) for s, r in extra.get("truncation_history", [])],
+                self.rank_history_maxlen,
+            )
         self._configure_layers()

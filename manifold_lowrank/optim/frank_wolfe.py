@@ -185,7 +185,14 @@ class PerturbedSimplex:
         return lam0, lam
 
     def active_vertices(self, s: torch.Tensor, tol: float = 0.0) -> list[int]:
-        """Indices of the vertices with barycentric weight ``> tol`` (``BASE`` for ``ε𝟏``)."""
+        """Indices of the vertices with barycentric weight ``> max(tol, rounding_tol(s))``.
+
+        ``BASE`` stands for ``ε𝟏``. The threshold is the one :meth:`away_vertex` uses, so
+        both agree on the active set: ``λ_base = 1 − 𝟏ᵀt/τ`` of a point on the budget face
+        ``𝟏ᵀt = τ`` is zero only up to rounding (e.g. ``1.1e-16``) and must not make ``ε𝟏``
+        count as active.
+        """
+        tol = max(tol, self.rounding_tol(s))
         lam0, lam = self.barycentric(s)
         out = [BASE] if float(lam0) > tol else []
         out.extend(int(i) for i in torch.nonzero(lam > tol).flatten().tolist())

@@ -28,6 +28,9 @@ One GeoLoRA step needs *one* forward/backward pass. With the projected gradients
 
 Cost per layer: two thin QR of ``m×2r`` and ``n×2r``, one ``2r×2r`` SVD, and
 ``O((m + n) r²)`` products; no ``m×n`` matrix and no ``S⁻¹``.
+The rounding drift of ``U``, ``V`` (≈ ε per step) is removed in the same QR: with
+``[U | GV] = Q_u R``, ``U = Q_u[:, :r] R[:r, :r]`` exactly, so ``Ŝ`` is re-expressed in the
+orthonormal ``Q_u``, ``Q_v`` before its SVD (``_parallel_reorth``); no extra QR or SVD.
 
 Rank-deficient start
 --------------------
@@ -101,7 +104,7 @@ from manifold_lowrank.integrators import (
     reorthonormalize_tucker,
     tucker_parallel,
 )
-from manifold_lowrank.linalg import RankRule
+from manifold_lowrank.linalg import RankRule, qr_signfix, select_rank
 from manifold_lowrank.manifolds.types import (
     FixedRankPoint,
     ProjectedGradients,
@@ -145,6 +148,62 @@ def _tucker_norm_sq(pg: TuckerProjectedGradients, full_modes: tuple[int, ...]) -
         if k not in full_modes:
             total = total + p.pow(2).sum() - c2
     return total.clamp_min(0.0)
+
+
+def _parallel_reorth(
+    point: FixedRankPoint, direction: ProjectedGradients, h: float, rule: RankRule
+) -> FixedRankPoint | None:
+    r"""Fused hot path of the matrix step: the parallel integrator
+    (:func:`~manifold_lowrank.integrators.parallel`) on re-orthonormalised bases.
+
+    The sign-fixed Householder QR of ``[U | GV] = Q_u R`` that yields the new directions
+    ``Ũ = Q_u[:, r:]`` (as :func:`~manifold_lowrank.linalg.augment_basis`) also gives
+    ``U = Q_u[:, :r] R_u`` with ``R_u = R[:r, :r] = I + O(ε)``; likewise
+    ``[V | GᵀU] = Q_v R'``, ``V = Q_v[:, :r] R_v``. Hence, exactly,
+
+    .. math::  [U\ \tilde U]\,\hat S\,[V\ \tilde V]^\top = Q_u\,
+               \mathrm{diag}(R_u, I)\,\hat S\,\mathrm{diag}(R_v, I)^\top Q_v^\top,
+
+    so the Galerkin core ``Ŝ`` of :func:`~manifold_lowrank.integrators.parallel` is
+    re-expressed in the bases ``Q_u``, ``Q_v`` (orthonormal to working precision), then
+    truncated by its SVD with the gauge of :func:`~manifold_lowrank.integrators.truncate`:
+    ``U₊ = Q_u P₁``, ``S₊ = Σ₁``, ``V₊ = Q_v Q₁``. This is the step followed by the
+    re-orthonormalisation of :func:`~manifold_lowrank.integrators.reorthonormalize`
+    (the same matrix; the bases orthonormal to working precision, ``S₊`` diagonal), but
+    the removal of the rounding drift costs nothing extra (no second pair of QR and no
+    second SVD). When ``m = n`` both QR run as one batched call. Input validation is left
+    to the optimizer (one finiteness check of all gradients and of all results).
+    Returns ``None`` (the caller falls back to the public functions) outside the generic
+    case ``0 < r``, ``2r ≤ min(m, n)``, square ``S``. Cost ``O((m + n) r² + r³)``.
+    """
+    u, s, v = point
+    m, r = u.shape
+    n = v.shape[0]
+    if r == 0 or s.shape[0] != s.shape[1] or 2 * r > m or 2 * r > n:
+        return None
+    ga, gc, gb = direction
+    if m == n:  # one batched LAPACK call for both sides
+        q, rf = qr_signfix(torch.stack([torch.cat([u, ga], dim=1), torch.cat([v, gb], dim=1)]))
+        qu, qv, ru, rv = q[0], q[1], rf[0, :r, :r], rf[1, :r, :r]
+    else:
+        qu, rfu = qr_signfix(torch.cat([u, ga], dim=1))
+        qv, rfv = qr_signfix(torch.cat([v, gb], dim=1))
+        ru, rv = rfu[:r, :r], rfv[:r, :r]
+    ut, vt = qu[:, r:], qv[:, r:]
+    rvt = rv.transpose(0, 1)
+    s_hat = s.new_zeros(2 * r, 2 * r)
+    s_hat[:r, :r] = ru @ (s - h * gc) @ rvt
+    s_hat[:r, r:] = ru @ ((-h * gb).transpose(0, 1) @ vt)
+    s_hat[r:, :r] = (ut.transpose(0, 1) @ (-h * ga)) @ rvt
+    p, sigma, qh = torch.linalg.svd(s_hat, full_matrices=False)
+    r1 = select_rank(sigma, rule)
+    p, qq = p[:, :r1], qh[:r1].transpose(0, 1)
+    if r1 > 0:  # gauge of integrators.truncate: largest |entry| of each column of P > 0
+        idx = p.abs().argmax(dim=0)
+        sign = torch.sign(p[idx, torch.arange(r1, device=p.device)])
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        p, qq = p * sign, qq * sign
+    return FixedRankPoint(qu @ p, torch.diag(sigma[:r1]).to(s.dtype), qv @ qq)
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -231,6 +290,9 @@ class GeoLoRA(LowRankOptimizer):
         ``"layer_rms"`` the decay uses ``lr`` as given.
     nan_policy : {"skip", "raise"}
         See :class:`~manifold_lowrank.optim.lowrank_base.LowRankOptimizer`.
+    rank_history_maxlen : int or None
+        Keep only the last ``rank_history_maxlen`` entries of :attr:`rank_history`
+        (default: unbounded, ≈ 0.17 KiB per step).
 
     Notes
     -----
@@ -256,6 +318,7 @@ class GeoLoRA(LowRankOptimizer):
         weight_decay: float = 0.0,
         nan_policy: str = "skip",
         record_history: bool = True,
+        rank_history_maxlen: int | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -271,7 +334,11 @@ class GeoLoRA(LowRankOptimizer):
         _validate_group(defaults)
         self.truncate_every = _check_int("truncate_every", truncate_every, 1)
         super().__init__(
-            model_or_layers, defaults, nan_policy=nan_policy, record_history=record_history
+            model_or_layers,
+            defaults,
+            nan_policy=nan_policy,
+            record_history=record_history,
+            rank_history_maxlen=rank_history_maxlen,
         )
         for g in self.param_groups:
             _validate_group(g)
@@ -328,25 +395,28 @@ class GeoLoRA(LowRankOptimizer):
             v = state.get("exp_avg_sq")
             v = (1 - b2) * g2 if v is None else b2 * v + (1 - b2) * g2
             new_state["exp_avg_sq"] = v
+            bc1 = 1.0
             if beta > 0:
-                mom = ProjectedGradients(
-                    *(
-                        (1 - beta) * g if mom_old is None else beta * o + (1 - beta) * g
-                        for o, g in zip(mom_old if mom_old is not None else pg, pg)
+                if mom_old is None:
+                    mom = ProjectedGradients(*((1 - beta) * g for g in pg))
+                else:
+                    mom = ProjectedGradients(
+                        *(beta * o + (1 - beta) * g for o, g in zip(mom_old, pg))
                     )
-                )
                 bc1 = 1.0 - beta**k
-                direction = ProjectedGradients(*(t / bc1 for t in mom))
+                direction = mom  # the bias correction m̂ = m / bc1 is folded into h
             else:
                 direction = pg
             denom = math.sqrt(float(v) / (1.0 - b2**k)) + eps
-            h = lr / denom if denom > 0 else 0.0
+            h = lr / (denom * bc1) if denom > 0 else 0.0
         m, n = layer.matrix_shape  # type: ignore[attr-defined]
         cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]
         rule = self._rule(group, cap, self._truncating(global_step), point.S.dtype)
-        res = parallel(point, direction, h, rule)
-        # U₊ = [U Ũ]P₁ inherits U's rounding error (≈ ε per step); QR removes it exactly.
-        new_point = reorthonormalize(res.point, diagonalize=res.singular_values is not None)[0]
+        new_point = _parallel_reorth(point, direction, h, rule)
+        if new_point is None:  # rank 0 / nearly square layers: the public functions
+            res = parallel(point, direction, h, rule)
+            # U₊ = [U Ũ]P₁ inherits U's rounding error (≈ ε per step); QR removes it.
+            new_point = reorthonormalize(res.point, diagonalize=res.singular_values is not None)[0]
         if mom is not None:
             # projection vector transport of the momentum to the new tangent space
             t = transport_tangent(mom, point, new_point)

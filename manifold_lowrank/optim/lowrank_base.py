@@ -21,7 +21,10 @@ a :class:`~manifold_lowrank.nn.base.TuckerModule`), not a single parameter. It p
   :class:`RuntimeWarning` and :attr:`LowRankOptimizer.nan_skips` is incremented
   (``nan_policy="skip"``), or :class:`FloatingPointError` is raised
   (``nan_policy="raise"``). In both cases no factor and no optimizer state is touched.
-* **rank history** (:attr:`LowRankOptimizer.rank_history`) for logging, and
+* **rank history** (:attr:`LowRankOptimizer.rank_history`) for logging — unbounded by
+  default (one ``(step, ranks)`` entry per step, ≈ 0.17 KiB per step for three layers);
+  ``rank_history_maxlen=N`` keeps only the last ``N`` entries (a :class:`BoundedHistory`,
+  constant memory over any number of steps) — and
   :meth:`~LowRankOptimizer.state_dict` / :meth:`~LowRankOptimizer.load_state_dict` that
   round-trip after ranks changed (the ranks are stored and checked on load).
 
@@ -73,6 +76,7 @@ from manifold_lowrank.manifolds.types import FixedRankPoint, ProjectedGradients
 from manifold_lowrank.nn.base import LowRankModule, TuckerModule
 
 __all__ = [
+    "BoundedHistory",
     "LowRankOptimizer",
     "decay_coefficients",
     "find_lowrank_layers",
@@ -162,6 +166,19 @@ def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def _all_finite_batched(tensors: Iterable[torch.Tensor]) -> bool:
+    """:func:`_all_finite` of many tensors with one check (one host sync) per dtype/device.
+
+    The tensors are flattened and concatenated (a copy of ``Σ numel`` entries, cheap for
+    low-rank factors) instead of one ``isfinite`` and one sync per tensor.
+    """
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.numel():
+            groups.setdefault((t.dtype, t.device), []).append(t.reshape(-1))
+    return all(bool(torch.isfinite(torch.cat(ts)).all()) for ts in groups.values())
+
+
 def _flatten(x: Any) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
@@ -192,6 +209,48 @@ def _layer_params(layer: nn.Module) -> list[nn.Parameter]:
     )
 
 
+def check_history_maxlen(maxlen: Any, name: str = "rank_history_maxlen") -> int | None:
+    """Validate a history bound: ``None`` (unbounded) or an ``int ≥ 1``."""
+    if maxlen is None:
+        return None
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int):
+        raise TypeError(f"{name} must be None or an int >= 1, got {maxlen!r}")
+    if maxlen < 1:
+        raise ValueError(f"{name} must be None or an int >= 1, got {maxlen!r}")
+    return int(maxlen)
+
+
+class BoundedHistory(list):
+    """A ``list`` that keeps only its last ``maxlen`` entries (``maxlen=None``: all).
+
+    ``append``/``extend`` drop the oldest entries beyond ``maxlen`` (cost ``O(maxlen)``
+    pointer moves when full), so a history of ``(step, ranks)`` entries uses constant memory
+    however long training runs. It is a real list: indexing, slicing, iteration and ``==``
+    with plain lists behave as usual.
+    """
+
+    def __init__(self, iterable: Iterable[Any] = (), maxlen: int | None = None) -> None:
+        super().__init__(iterable)
+        self.maxlen = check_history_maxlen(maxlen, "maxlen")
+        self._trim()
+
+    def _trim(self) -> None:
+        if self.maxlen is not None and len(self) > self.maxlen:
+            del self[: len(self) - self.maxlen]
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._trim()
+
+    def extend(self, items: Iterable[Any]) -> None:
+        super().extend(items)
+        self._trim()
+
+    def __iadd__(self, items: Iterable[Any]) -> BoundedHistory:  # type: ignore[override]
+        self.extend(items)
+        return self
+
+
 # --------------------------------------------------------------------------- base class
 class LowRankOptimizer(torch.optim.Optimizer):
     r"""Base class of layer-based rank-adaptive optimizers (see the module docstring).
@@ -209,6 +268,12 @@ class LowRankOptimizer(torch.optim.Optimizer):
         What a non-finite gradient or update does (nothing is modified in either case).
     record_history : bool
         Append ``(step, ranks)`` to :attr:`rank_history` after every step.
+    rank_history_maxlen : int or None
+        Keep only the last ``rank_history_maxlen`` entries of :attr:`rank_history` (and
+        of every other per-step history a subclass keeps, e.g. DLRT's
+        ``truncation_history``). ``None`` (default): keep everything — one entry per
+        step, ≈ 0.17 KiB/step for three layers, i.e. ≈ 1.7 MB per 10⁵ steps; set a bound
+        (or ``record_history=False``) for very long runs. Settable later as an attribute.
 
     Attributes
     ----------
@@ -217,8 +282,9 @@ class LowRankOptimizer(torch.optim.Optimizer):
     layer_names : list of str
     nan_skips : int
         Number of skipped steps (``nan_policy="skip"``).
-    rank_history : list of (int, list)
-        ``(step, [rank of each layer])`` after every step.
+    rank_history : BoundedHistory of (int, list)
+        ``(step, [rank of each layer])`` after every step (the last
+        ``rank_history_maxlen`` of them). Assigning a list wraps it.
     """
 
     def __init__(
@@ -228,9 +294,11 @@ class LowRankOptimizer(torch.optim.Optimizer):
         *,
         nan_policy: str = "skip",
         record_history: bool = True,
+        rank_history_maxlen: int | None = None,
     ) -> None:
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        self._history_maxlen = check_history_maxlen(rank_history_maxlen)
         named, overrides = self._collect(model_or_layers)
         if not named:
             raise ValueError(
@@ -251,9 +319,32 @@ class LowRankOptimizer(torch.optim.Optimizer):
         self.nan_policy = nan_policy
         self.record_history = bool(record_history)
         self.nan_skips = 0
-        self.rank_history: list[tuple[int, list[Any]]] = []
+        self.rank_history = []
         self._global_step = 0
         super().__init__(groups, defaults)
+
+    # ------------------------------------------------------------------ histories
+    @property
+    def rank_history(self) -> BoundedHistory:
+        """``(step, ranks)`` after every step; the last :attr:`rank_history_maxlen`."""
+        return self._rank_history
+
+    @rank_history.setter
+    def rank_history(self, value: Iterable[tuple[int, list[Any]]]) -> None:
+        self._rank_history = BoundedHistory(value, self._history_maxlen)
+
+    @property
+    def rank_history_maxlen(self) -> int | None:
+        """Bound of the histories (``None``: unbounded); setting it trims them."""
+        return self._history_maxlen
+
+    @rank_history_maxlen.setter
+    def rank_history_maxlen(self, value: int | None) -> None:
+        self._history_maxlen = check_history_maxlen(value)
+        for h in vars(self).values():
+            if isinstance(h, BoundedHistory):
+                h.maxlen = self._history_maxlen
+                h._trim()
 
     # ------------------------------------------------------------------ collection
     @staticmethod
@@ -300,8 +391,26 @@ class LowRankOptimizer(torch.optim.Optimizer):
         return {n: layer_rank(layer) for n, layer in zip(self.layer_names, self.layers)}
 
     def num_adapter_parameters(self) -> int:
-        """Number of entries currently held by the factors of all layers."""
-        return sum(p.numel() for g in self.param_groups for p in g["params"] if p.requires_grad)
+        """Number of entries currently held by the factors of all layers.
+
+        Matrix layers (``LowRankLinear``, ``LowRankConv2d``, matrix adapters) count
+        ``U``, ``S``, ``V``: ``r(m + n) + r²`` at their *current* rank; Tucker layers count
+        the core ``∏ r_k`` and the factors ``n_k r_k`` of the rank-adaptive modes (the fixed
+        identity factors of ``full_modes`` are not parameters of the format). Biases, dense
+        layers and frozen base weights of adapters are not counted. The count does not
+        depend on ``requires_grad`` (DLRT freezes the bases, a user may freeze a layer:
+        the factors are held all the same).
+        """
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, TuckerModule):
+                core, fs = layer.tucker_parameters()
+                total += core.numel() + sum(
+                    f.numel() for k, f in enumerate(fs) if k not in layer.full_modes
+                )
+            else:
+                total += sum(p.numel() for p in layer.factors())  # type: ignore[operator]
+        return total
 
     def _state_of(self, index: int) -> dict[str, Any]:
         return self.state[self.param_groups[index]["params"][0]]
@@ -368,11 +477,10 @@ class LowRankOptimizer(torch.optim.Optimizer):
                 f"adapters {merged[:5]} are merged into their base weights; unmerge them "
                 "before an optimizer step (nothing was modified)"
             )
-        bad = [
-            n
-            for n, pg in zip(self.layer_names, pgs)
-            if pg is not None and not _all_finite(_flatten(pg))
-        ]
+        flat = [_flatten(pg) if pg is not None else [] for pg in pgs]
+        bad = []
+        if not _all_finite_batched(t for f in flat for t in f):  # one check for all layers
+            bad = [n for n, f in zip(self.layer_names, flat) if not _all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "projected gradients")
             return loss
@@ -387,10 +495,10 @@ class LowRankOptimizer(torch.optim.Optimizer):
             except (torch.linalg.LinAlgError, FloatingPointError):
                 bad.append(self.layer_names[i])
                 continue
-            if not _all_finite(_flatten(tuple(point))):
-                bad.append(self.layer_names[i])
-                continue
             updates.append((i, point, new_state))
+        new_flat = [_flatten(tuple(pt)) for _, pt, _ in updates]
+        if not _all_finite_batched(t for f in new_flat for t in f):  # one check for all
+            bad += [self.layer_names[u[0]] for u, f in zip(updates, new_flat) if not _all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "update")
             return loss

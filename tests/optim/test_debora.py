@@ -293,6 +293,9 @@ def test_lower_step_keeps_the_tensor_bases_on_their_manifolds(fmt) -> None:
     conv = nn.Conv2d(3, 5, 3, padding=1, bias=False, dtype=DT)
     layer = DeboraTuckerConv2dAdapter(conv, 3, tensor_format=fmt, eps=0.1, generator=gen, dtype=DT)
     opt = DEBORA([layer], tau=2.0, eps=0.1, lr=0.05)
+    s0 = read_parts(layer, fmt, opt.layer_bases[0]).s
+    # fresh adapters (s = ε𝟏) start at the barycentre ε + τ/(R+1)
+    torch.testing.assert_close(s0, torch.full((3,), 0.1 + 2.0 / 4, dtype=DT), rtol=1e-12, atol=0)
     x = torch.randn(4, 3, 6, 6, dtype=DT, generator=gen)
     target = torch.randn(4, 5, 6, 6, dtype=DT, generator=gen)
     losses = []
@@ -301,10 +304,10 @@ def test_lower_step_keeps_the_tensor_bases_on_their_manifolds(fmt) -> None:
         loss = ((layer(x) - target) ** 2).mean()
         loss.backward()
         opt.lower_step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     parts = read_parts(layer, fmt, opt.layer_bases[0])
-    torch.testing.assert_close(parts.s, torch.full((3,), 0.1, dtype=DT), rtol=1e-12, atol=0)
+    torch.testing.assert_close(parts.s, s0, rtol=1e-12, atol=0)  # the lower level keeps s
     for B, kind in zip((*parts.bases, *parts.shared), (*parts.kinds, *parts.shared_kinds)):
         if kind == "stiefel":
             torch.testing.assert_close(
@@ -319,7 +322,7 @@ def test_lower_step_keeps_the_tensor_bases_on_their_manifolds(fmt) -> None:
         off = core.clone()
         idx = torch.arange(3)
         off[idx, idx] = 0
-        assert float(off.abs().max()) == 0.0
+        assert float(off.detach().abs().max()) == 0.0
 
 
 def test_canonicalization_is_exact_for_generic_adapters() -> None:
@@ -337,11 +340,15 @@ def test_canonicalization_is_exact_for_generic_adapters() -> None:
     torch.testing.assert_close(layer.delta_weight(), dw, rtol=0, atol=1e3 * EPS64)
     torch.testing.assert_close(S2, torch.diag(torch.diagonal(S2)), rtol=0, atol=0)
     torch.testing.assert_close(U2.T @ U2, torch.eye(3, dtype=DT), rtol=0, atol=1e3 * EPS64)
-    # a fresh zero-core Tucker adapter starts at s = ε with unit core slices
+    # a fresh zero-core Tucker adapter: s = ε with init="keep" (the vertex ε𝟏), the
+    # barycentre ε + τ/(r+1) with the default init="auto"
     conv = nn.Conv2d(3, 4, 3, bias=False, dtype=DT)
-    tl = TuckerConv2dAdapter(conv, 2, generator=gen, dtype=DT)
-    opt = DEBORA([tl], tau=1.0, eps=0.05)
+    tl = TuckerConv2dAdapter(conv, 2, generator=_gen(16), dtype=DT)
+    opt = DEBORA([tl], tau=1.0, eps=0.05, init="keep")
     torch.testing.assert_close(opt.weights()["0"], torch.full((2,), 0.05, dtype=DT))
+    tl = TuckerConv2dAdapter(conv, 2, generator=_gen(16), dtype=DT)
+    opt = DEBORA([tl], tau=1.0, eps=0.05)
+    torch.testing.assert_close(opt.weights()["0"], torch.full((2,), 0.05 + 1.0 / 3, dtype=DT))
 
 
 def test_nonfinite_gradients_skip_without_changes() -> None:
@@ -503,6 +510,67 @@ def test_bad_tau_and_eps(kw, name) -> None:
         DEBORA([layer], **kw)
 
 
+@pytest.mark.parametrize(
+    ("kw", "name", "exc"),
+    [
+        ({"tau": float("nan")}, "tau", ValueError),
+        ({"tau": float("inf")}, "tau", ValueError),
+        ({"tau": "1"}, "tau", TypeError),
+        ({"tau": True}, "tau", TypeError),
+        ({"tau": 1.0, "eps": float("inf")}, "eps", ValueError),
+        ({"tau": 1.0, "eps": None}, "eps", TypeError),
+        ({"tau": 1.0, "init": "center"}, "init", ValueError),
+    ],
+)
+def test_bad_tau_eps_init_types_and_values(kw, name, exc) -> None:
+    layer = _linear_layer(4, 3, 2, _gen(11))
+    with pytest.raises(exc, match=name):
+        DEBORA([layer], **kw)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-3, float("nan")])
+def test_bad_eps_through_the_adapter_config(eps) -> None:
+    model = nn.Sequential(nn.Linear(6, 4, dtype=DT))
+    cfg = AdapterConfig(method="debora", r=2, target_modules=["0"], method_kwargs={"eps": eps})
+    with pytest.raises(ValueError, match="eps"):
+        get_adapter_model(model, cfg)
+
+
+def test_start_point_barycenter_keep_and_auto() -> None:
+    tau, eps = 1.5, 0.01
+    # fresh adapters (s = ε𝟏): "auto" starts at the barycentre of the global simplex
+    a, b = _linear_layer(4, 3, 2, _gen(20)), _linear_layer(5, 3, 3, _gen(21))
+    opt = DEBORA([a, b], tau=tau, eps=eps)
+    R = 5
+    for w in opt.weights().values():
+        torch.testing.assert_close(w, torch.full_like(w, eps + tau / (R + 1)), rtol=1e-14, atol=0)
+    # every vertex is active: ε𝟏 and all R components, each with weight 1/(R+1)
+    from manifold_lowrank.optim.frank_wolfe import BASE, PerturbedSimplex
+
+    simplex = PerturbedSimplex(R, tau, eps)
+    s = torch.cat(list(opt.weights().values()))
+    assert simplex.active_vertices(s) == [BASE, *range(R)]
+    # budget="layer": one barycentre per layer
+    a, b = _linear_layer(4, 3, 2, _gen(20)), _linear_layer(5, 3, 3, _gen(21))
+    opt = DEBORA([a, b], tau=tau, eps=eps, budget="layer")
+    w = list(opt.weights().values())
+    torch.testing.assert_close(w[0], torch.full((2,), eps + tau / 3, dtype=DT), rtol=1e-14, atol=0)
+    torch.testing.assert_close(w[1], torch.full((3,), eps + tau / 4, dtype=DT), rtol=1e-14, atol=0)
+    # "keep": fresh adapters stay at the vertex ε𝟏
+    a = _linear_layer(4, 3, 2, _gen(20))
+    opt = DEBORA([a], tau=tau, eps=eps, init="keep")
+    torch.testing.assert_close(
+        opt.weights()["0"], torch.full((2,), eps, dtype=DT), rtol=1e-14, atol=0
+    )
+    # "auto" keeps trained weights (inside S): ΔW unchanged by the construction
+    a = _linear_layer(4, 3, 2, _gen(22))
+    parts = read_parts(a, "matrix", "stiefel")
+    write_parts(a, "matrix", parts._replace(s=torch.tensor([0.4, 0.2], dtype=DT)))
+    before = a.delta_weight().clone()
+    opt = DEBORA([a], tau=tau, eps=eps)
+    torch.testing.assert_close(a.delta_weight(), before, rtol=0, atol=100 * EPS64)
+
+
 def test_empty_data_streams_are_named() -> None:
     layer = _linear_layer(4, 3, 2, _gen(12))
     opt = DEBORA([layer], tau=1.0)
@@ -527,6 +595,20 @@ def test_empty_data_streams_are_named() -> None:
     d1, d2 = split_bilevel((X, y), 0.5, generator=_gen(0))
     assert d1[0].shape[0] == 5 and d2[0].shape[0] == 5
     assert not set(map(tuple, d1[0].tolist())) & set(map(tuple, d2[0].tolist()))
+    x = torch.randn(2, 3, dtype=DT)
+    with pytest.raises(ValueError, match="d1"):  # unsized and empty upper stream
+        DEBORATrainer(opt, loss, (b for b in []), [x]).step()
+    with pytest.raises(ValueError, match="d1"):
+        DEBORATrainer(opt, loss, None, [x])
+    with pytest.raises(ValueError, match="d2"):
+        DEBORATrainer(opt, loss, [x], None)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    empty = DataLoader(TensorDataset(torch.zeros(0, 3, dtype=DT)), batch_size=2)
+    with pytest.raises(ValueError, match="d1"):
+        DEBORATrainer(opt, loss, empty, [x])
+    with pytest.raises(ValueError, match="d2"):
+        DEBORATrainer(opt, loss, [x], empty)
     with pytest.raises(TypeError, match="closure"):
         opt.step()
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from manifold_lowrank.optim.frank_wolfe import (
@@ -47,13 +47,8 @@ def _tol(simplex: PerturbedSimplex) -> float:
     return 100 * EPS64 * (simplex.radius + 1.0)
 
 
-@st.composite
-def _problem(draw):
-    r = draw(st.integers(1, 6))
-    tau = draw(st.floats(0.1, 10.0))
-    eps = draw(st.floats(1e-4, 0.5))
-    seed = draw(st.integers(0, 2**31 - 1))
-    sparsity = draw(st.floats(0.0, 0.9))
+def _make_problem(r: int, tau: float, eps: float, seed: int, sparsity: float):
+    """A point of S with known barycentric weights (some exactly 0) and a random gradient."""
     gen = torch.Generator().manual_seed(seed)
     lam = torch.rand(r + 1, generator=gen, dtype=DT)
     lam[torch.rand(r + 1, generator=gen, dtype=DT) < sparsity] = 0.0
@@ -62,26 +57,51 @@ def _problem(draw):
     simplex = PerturbedSimplex(r, tau, eps)
     s = _point(simplex, lam)
     g = torch.randn(r, generator=gen, dtype=DT)
-    return simplex, s, g, gen
+    return simplex, s, g, gen, lam / lam.sum()
 
 
+@st.composite
+def _problem(draw):
+    r = draw(st.integers(1, 6))
+    tau = draw(st.floats(0.1, 10.0))
+    eps = draw(st.floats(1e-4, 0.5))
+    seed = draw(st.integers(0, 2**31 - 1))
+    sparsity = draw(st.floats(0.0, 0.9))
+    return _make_problem(r, tau, eps, seed, sparsity)
+
+
+# Once failed: λ_base = 0 exactly (s on the budget face), but 1 − 𝟏ᵀt/τ evaluates to
+# 1.1e-16, so ε𝟏 counted as "active" for active_vertices (threshold 0) and not for
+# away_vertex (rounding threshold); ⟨g, ε𝟏⟩ exceeded the away vertex's value.
+@example(_make_problem(6, 1.0, 0.5, 52, 0.5))
 @settings(max_examples=40, deadline=None)
 @given(_problem())
 def test_lmo_and_away_vertex_match_brute_force(prob) -> None:
-    simplex, s, g, _ = prob
+    simplex, s, g, _, lam_true = prob
     verts = _vertices(simplex)
     vals = {i: float(g @ v) for i, v in verts}
+    # LMO: any minimiser is a valid answer (ties: several vertices share the minimum)
     z = simplex.lmo(g)
     assert vals[z] <= min(vals.values()) + _tol(simplex)
+    # brute-force oracle: the active set from the weights the point was built from
+    true_active = [i for i, w in zip([BASE, *range(simplex.dim)], lam_true.tolist()) if w > 0]
     active = simplex.active_vertices(s)
     assert active, "a point of the simplex has at least one active vertex"
+    # the code's active set is the true one, up to weights below the rounding threshold
+    assert set(active) <= set(true_active)
+    small = float(max([w for w in lam_true.tolist() if w > 0 and w <= 1e-12], default=0.0))
+    assert set(true_active) - set(active) == set() or small > 0
     y = simplex.away_vertex(g, s)
-    assert y in active
+    assert y in true_active
+    # away vertex: any maximiser over the active set is valid (ties)
     assert vals[y] >= max(vals[i] for i in active) - _tol(simplex)
     # the barycentric coordinates reproduce s
     lam0, lam = simplex.barycentric(s)
     recon = lam0 * verts[0][1] + sum(lam[i] * verts[i + 1][1] for i in range(simplex.dim))
     torch.testing.assert_close(recon, s, rtol=0, atol=_tol(simplex))
+    torch.testing.assert_close(
+        torch.cat([lam0.reshape(1), lam]), lam_true, rtol=0, atol=_tol(simplex)
+    )
     # FW gap = max_{v ∈ S} <g, s - v> ≥ 0
     gap = simplex.fw_gap(g, s)
     assert gap >= 0
@@ -90,10 +110,39 @@ def test_lmo_and_away_vertex_match_brute_force(prob) -> None:
     )
 
 
+def test_ties_in_the_lmo_and_the_away_vertex() -> None:
+    simplex = PerturbedSimplex(4, tau=1.0, eps=0.5)
+    s = simplex.eps + simplex.tau * torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=DT)
+    # g = 0: every vertex minimises <g, v>; the rule breaks ties towards ε𝟏, the gap is 0
+    # and no step is taken
+    g0 = torch.zeros(4, dtype=DT)
+    assert simplex.lmo(g0) == BASE
+    assert simplex.fw_gap(g0, s) == 0.0
+    step = away_step_fw_update(s, g0, simplex, rule=StepRule("constant", step_size=0.5), t=0)
+    assert step.kind == "none" and torch.equal(step.s, s)
+    # two equal negative minima: both are valid; the smallest index is returned
+    g = torch.tensor([0.3, -1.0, 0.2, -1.0], dtype=DT)
+    assert simplex.lmo(g) == 1
+    # two equal maxima among the active vertices (ε𝟏 is inactive: 𝟏ᵀt = τ)
+    g = torch.tensor([0.7, -1.0, 0.7, 0.1], dtype=DT)
+    assert simplex.active_vertices(s) == [0, 1, 2, 3]
+    assert simplex.away_vertex(g, s) == 0
+    # a tie between ε𝟏 (value 0 relative to ε𝟏) and an active vertex with g_i = 0
+    s2 = simplex.eps + simplex.tau * torch.tensor([0.5, 0.0, 0.0, 0.0], dtype=DT)
+    assert simplex.active_vertices(s2) == [BASE, 0]
+    g2 = torch.tensor([0.0, -1.0, 0.0, 0.0], dtype=DT)
+    assert simplex.away_vertex(g2, s2) in (BASE, 0)
+    # every iterate of steps from tied gradients stays in S
+    x = s2
+    for t, gg in enumerate([g0, g2, -g2, torch.ones(4, dtype=DT)]):
+        x = away_step_fw_update(x, gg, simplex, rule=StepRule("constant", step_size=1.0), t=t).s
+        assert simplex.contains(x, atol=_tol(simplex))
+
+
 @settings(max_examples=60, deadline=None)
 @given(_problem(), st.sampled_from(["diminishing", "constant", "short_step", "line_search"]))
 def test_every_step_rule_keeps_iterates_in_s(prob, kind) -> None:
-    simplex, s, g, gen = prob
+    simplex, s, g, gen, _ = prob
     r = simplex.dim
     A = torch.randn(r, r, generator=gen, dtype=DT)
     H = A @ A.T + 0.1 * torch.eye(r, dtype=DT)
