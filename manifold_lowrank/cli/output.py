@@ -223,6 +223,9 @@ def plot_training(
             ax.set_xlabel("training step")
             ax.set_ylabel("rank")
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            all_ranks = [v for vals in layers.values() for v in vals]
+            if all_ranks:  # integer ranks: a margin of one, so constant ranks get integer ticks
+                ax.set_ylim(max(0, min(all_ranks) - 1), max(all_ranks) + 1)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize="small")
         for ax in list(axes.flat)[len(ranked) :]:
