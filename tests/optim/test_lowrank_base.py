@@ -20,14 +20,6 @@ from manifold_lowrank.optim.lowrank_base import BoundedHistory
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------- BoundedHistory
 def test_bounded_history_keeps_the_last_entries_and_is_a_list():
     h = BoundedHistory(range(5), maxlen=3)
