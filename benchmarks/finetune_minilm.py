@@ -82,11 +82,21 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=0,
+        help="tuning mode: hold out the last N training snippets and report accuracy on "
+        "them instead of the test set (the test set is not touched)",
+    )
     p.add_argument("--timing-rounds", type=int, default=8)
     p.add_argument("--lr-lora", type=float, default=1e-3)
     p.add_argument("--lr-adalora", type=float, default=1e-3)
     p.add_argument("--lr-geolora", type=float, default=5e-2, help="layer_rms step length")
     p.add_argument("--lr-head", type=float, default=1e-3)
+    p.add_argument(
+        "--truncate-every", type=int, default=1, help="GeoLoRA: apply the τ-rule every k steps"
+    )
     p.add_argument("--taus", type=float, nargs="+", default=[0.1, 0.15])
     p.add_argument("--no-robustness", action="store_true")
     p.add_argument("--robustness-lora", action="store_true", help="also sweep LoRA's lr")
@@ -261,6 +271,7 @@ def make_run(method: str, seed: int, lr_scale: float = 1.0, tau: float = 0.1) ->
             max_rank=32,
             precondition="layer_rms",
             momentum=0.9,
+            truncate_every=ARGS.truncate_every,
         )
         head = torch.optim.AdamW(
             model.non_adapter_trainable_parameters(), lr=ARGS.lr_head * lr_scale
@@ -672,6 +683,13 @@ def main() -> None:
         flush=True,
     )
     tr_x, tr_y, te_x, te_y = load_data(ARGS.train_size, ARGS.test_size)
+    if ARGS.val_size > 0:  # tuning: evaluate on held-out training snippets, never on test
+        if not 0 < ARGS.val_size < ARGS.train_size - ARGS.batch:
+            hi = ARGS.train_size - ARGS.batch
+            sys.exit(f"--val-size must be in (0, {hi}), got {ARGS.val_size}")
+        k = ARGS.train_size - ARGS.val_size
+        tr_x, tr_y, te_x, te_y = tr_x[:k], tr_y[:k], tr_x[k:], tr_y[k:]
+        print(f"tuning mode: {k} training snippets, {ARGS.val_size} held-out validation snippets")
     tok = AutoTokenizer.from_pretrained(model_path())
     train_data, test_data = tokenize(tok, tr_x), tokenize(tok, te_x)
     train_y, test_y = torch.tensor(tr_y), torch.tensor(te_y)

@@ -151,7 +151,7 @@ def _tucker_norm_sq(pg: TuckerProjectedGradients, full_modes: tuple[int, ...]) -
 
 
 def _parallel_reorth(
-    point: FixedRankPoint, direction: ProjectedGradients, h: float, rule: RankRule
+    point: FixedRankPoint, direction: ProjectedGradients, h: float | torch.Tensor, rule: RankRule
 ) -> FixedRankPoint | None:
     r"""Fused hot path of the matrix step: the parallel integrator
     (:func:`~manifold_lowrank.integrators.parallel`) on re-orthonormalised bases.
@@ -407,14 +407,14 @@ class GeoLoRA(LowRankOptimizer):
                 direction = mom  # the bias correction m̂ = m / bc1 is folded into h
             else:
                 direction = pg
-            denom = math.sqrt(float(v) / (1.0 - b2**k)) + eps
-            h = lr / (denom * bc1) if denom > 0 else 0.0
+            # h stays a 0-d tensor on the layer's device: no host sync per layer
+            h = lr / (((v / (1.0 - b2**k)).sqrt() + eps) * bc1)
         m, n = layer.matrix_shape  # type: ignore[attr-defined]
         cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]
         rule = self._rule(group, cap, self._truncating(global_step), point.S.dtype)
         new_point = _parallel_reorth(point, direction, h, rule)
         if new_point is None:  # rank 0 / nearly square layers: the public functions
-            res = parallel(point, direction, h, rule)
+            res = parallel(point, direction, float(h), rule)
             # U₊ = [U Ũ]P₁ inherits U's rounding error (≈ ε per step); QR removes it.
             new_point = reorthonormalize(res.point, diagonalize=res.singular_values is not None)[0]
         if mom is not None:
