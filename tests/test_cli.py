@@ -636,3 +636,44 @@ def test_new_converters() -> None:
     ]:
         with pytest.raises(ValueError):
             conv(bad)
+
+
+@pytest.mark.skipif(not HAS_PEFT, reason="needs peft")
+def test_adalora_rank_trace_is_the_allocation_not_the_nonzero_count() -> None:
+    """Between AdaLoRA's budget updates the optimizer revives masked ``lora_E`` entries;
+    the recorded rank must stay the allocated one (peft's ``rank_pattern``)."""
+    import peft
+
+    from manifold_lowrank.cli.tasks import _peft_ranks
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    cfg = peft.AdaLoraConfig(
+        init_r=4, target_r=2, target_modules=["0", "2"], total_step=30, tinit=2, tfinal=5,
+        deltaT=3, lora_alpha=4,
+    )  # fmt: skip
+    model = peft.get_peft_model(base, cfg)
+    assert _peft_ranks(model) == {"0": 4, "2": 4}  # before any allocation: init_r
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(32, 12), torch.randint(0, 3, (32,))
+    revived = False
+    for step in range(1, 21):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pattern = model.peft_config["default"].rank_pattern
+        if pattern:  # between updates: masked entries move again after opt.step()
+            nonzero = {
+                n.removeprefix("base_model.model."): int((m.lora_E["default"] != 0).sum())
+                for n, m in model.named_modules()
+                if hasattr(m, "lora_E") and "default" in m.lora_E
+            }
+            ranks = _peft_ranks(model)
+            revived |= any(nonzero[k] > ranks[k] for k in ranks)
+        model.base_model.update_and_allocate(step)
+        opt.zero_grad()
+        pattern = model.peft_config["default"].rank_pattern
+        if pattern:
+            expect = {k: int(sum(pattern[f"{k}.lora_E.default"])) for k in ("0", "2")}
+            assert _peft_ranks(model) == expect
+    assert revived  # the situation the allocation-based count exists for
+    assert sum(_peft_ranks(model).values()) < 8

@@ -744,6 +744,16 @@ def run_full(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _peft_ranks(model: nn.Module) -> dict[str, Any]:
+    """Rank of every peft adapter: LoRA's ``r``; AdaLoRA's *allocated* rank.
+
+    AdaLoRA masks ``lora_E`` only at its budget updates; in between the optimizer makes
+    masked entries non-zero again, so counting non-zeros would oscillate between the
+    allocation and ``init_r``. The allocation is peft's ``rank_pattern`` (one boolean per
+    singular value, keyed by the ``lora_E`` parameter name); before the first budget
+    update every adapter has its full ``init_r``.
+    """
+    cfg = getattr(model, "peft_config", {}).get("default")
+    pattern = getattr(cfg, "rank_pattern", None) or {}
     out: dict[str, Any] = {}
     for name, m in model.named_modules():
         name = name.removeprefix("base_model.model.")
@@ -751,8 +761,9 @@ def _peft_ranks(model: nn.Module) -> dict[str, Any]:
         if not isinstance(lora_a, nn.ModuleDict | nn.ParameterDict) or "default" not in lora_a:
             continue
         e = getattr(m, "lora_E", None)
-        if e is not None and "default" in e:  # AdaLoRA: non-zero singular values
-            out[name] = int((e["default"] != 0).sum())
+        if e is not None and "default" in e:  # AdaLoRA
+            keep = pattern.get(f"{name}.lora_E.default")
+            out[name] = int(sum(keep)) if keep is not None else int(e["default"].shape[0])
         else:
             a = lora_a["default"]
             out[name] = int((a.weight if hasattr(a, "weight") else a).shape[0])
