@@ -38,14 +38,14 @@ final ranks, median seconds per training step and its ratio to LoRA's.
 
 ``python benchmarks/debora.py --quick`` runs 1 seed and few steps of everything.
 
-Measured (2026-11-23, 1 thread on the shared, loaded 2-core machine; full tables, exact
-commands and caveats in ``benchmarks/README.md``, section "dEBORA"):
+Measured (1 thread on the shared 2-core machine; full tables, exact commands and caveats in
+``benchmarks/README.md``, section "dEBORA"):
 
-* MiniLM, ``--seeds 3 --steps 54 --batch 16 --test-size 500 --adamw-lr-scale 3`` (all that
-  fitted the time box): accuracy LoRA 0.693 ± 0.024, AdaLoRA 0.590 ± 0.000, GeoLoRA
-  0.648 ± 0.061, dEBORA τ=4/8/16 0.590 ± 0.000 / 0.595 ± 0.006 / 0.611 ± 0.028 (majority
-  class 0.590: too few steps for dEBORA/AdaLoRA to leave it); dEBORA kept 293–294 of 296
-  components; one dEBORA iteration = 2 passes ≈ 1.9× a LoRA step (≈ 0.95× per pass).
+* MiniLM, 2026-11-24, ``--part minilm --seeds 3 --steps 200 --batch 16 --test-size 1000
+  --only-debora`` (batch 16 per level: 32 snippets per iteration, like the anchors' batch-32
+  step): dEBORA τ=4/8/16 0.761 / 0.762 / 0.735 (± 0.008–0.012), with 1–9 % of the 296
+  components pruned. The anchors, from ``finetune_minilm.py`` at 200 steps: LoRA 0.801,
+  AdaLoRA 0.772, GeoLoRA τ=0.15 0.782. One iteration costs about one LoRA step.
 * Digits, ``--part digits --seeds 3`` (300 steps, 2026-11-24, tuned step sizes): LoRA r=4
   0.983 (1,984 params), GeoLoRA Tucker 0.985 (1,031), dEBORA Tucker τ=16 0.972 (1,251),
   CP τ=16 0.950 (536 effective); 2.8–3.5× LoRA's step time on these tiny layers.

@@ -27,7 +27,7 @@ Layout of the skinny products: every product with the long batch dimension ``N``
 the small rank ``r`` is formed with ``r`` as the *row* dimension of its result, e.g.
 ``zᵀ = Vᵀ xᵀ`` (``r×N``), ``GV = (zᵀ δy)ᵀ``, ``Gᵀ U = (aᵀ x)ᵀ``, and transposed views are
 passed on. The arithmetic is identical; only the BLAS call differs. This matters on CPU:
-torch's MKL ``sgemm`` is up to 10–15× slower for a ``K×N · N×r`` product with ``r < 12``
+torch's MKL ``sgemm`` is 10–30× slower for a ``K×N · N×r`` product with ``r ≤ 8``
 than for the same product computed as ``r×N · N×K`` (float32, ``N = 2048``, ``K = 1536``,
 ``r = 8``: 19.5 ms against 1.9 ms, one thread on the reference machine). A LoRA layer built
 from two ``nn.Linear`` pays it in ``∂L/∂B = δyᵀ (A x)``. ``benchmarks/finetune_minilm.py``
