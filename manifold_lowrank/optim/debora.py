@@ -496,7 +496,7 @@ class DEBORA(LowRankOptimizer):
             if (
                 init == "keep"
                 and p.s.numel()
-                and float((s - p.s).abs().max()) > self.eps * 1.000001 + 0.0
+                and float((s - p.s).abs().max()) > self.eps * (1 + 1e-6)
             ):
                 warnings.warn(
                     f"layer {self.layer_names[i]!r}: its weights were outside the simplex "

@@ -206,6 +206,28 @@ def _parallel_reorth(
     return FixedRankPoint(qu @ p, torch.diag(sigma[:r1]).to(s.dtype), qv @ qq)
 
 
+def _layer_rms_step(
+    state: dict[str, Any],
+    new_state: dict[str, Any],
+    g2: torch.Tensor,
+    group: dict[str, Any],
+    k: int,
+) -> torch.Tensor:
+    """Step size of ``precondition="layer_rms"`` for step ``k`` from ``g2 = ‖P_T(G)‖²``.
+
+    ``v ← β₂ v + (1 − β₂) g2`` (stored in ``new_state``), then
+    ``h = lr / ((√(v / (1 − β₂ᵏ)) + ε) (1 − β₁ᵏ))``: the first-moment bias correction
+    ``m̂ = m / (1 − β₁ᵏ)`` is folded into ``h`` (``β₁ = momentum``; no correction when 0).
+    ``h`` is a 0-d tensor on ``g2``'s device (no host synchronisation).
+    """
+    b2, eps, beta = float(group["beta2"]), float(group["eps"]), float(group["momentum"])
+    v = state.get("exp_avg_sq")
+    v = (1 - b2) * g2 if v is None else b2 * v + (1 - b2) * g2
+    new_state["exp_avg_sq"] = v
+    bc1 = 1.0 - beta**k if beta > 0 else 1.0
+    return float(group["lr"]) / (((v / (1.0 - b2**k)).sqrt() + eps) * bc1)
+
+
 # --------------------------------------------------------------------------- optimizer
 def _check_float(
     name: str, value: object, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
@@ -390,12 +412,7 @@ class GeoLoRA(LowRankOptimizer):
                 direction = pg
             h = lr
         else:
-            b2, eps = float(group["beta2"]), float(group["eps"])
-            g2 = tangent_norm_sq(pg)
-            v = state.get("exp_avg_sq")
-            v = (1 - b2) * g2 if v is None else b2 * v + (1 - b2) * g2
-            new_state["exp_avg_sq"] = v
-            bc1 = 1.0
+            h = _layer_rms_step(state, new_state, tangent_norm_sq(pg), group, k)
             if beta > 0:
                 if mom_old is None:
                     mom = ProjectedGradients(*((1 - beta) * g for g in pg))
@@ -403,12 +420,9 @@ class GeoLoRA(LowRankOptimizer):
                     mom = ProjectedGradients(
                         *(beta * o + (1 - beta) * g for o, g in zip(mom_old, pg))
                     )
-                bc1 = 1.0 - beta**k
-                direction = mom  # the bias correction m̂ = m / bc1 is folded into h
+                direction = mom
             else:
                 direction = pg
-            # h stays a 0-d tensor on the layer's device: no host sync per layer
-            h = lr / (((v / (1.0 - b2**k)).sqrt() + eps) * bc1)
         m, n = layer.matrix_shape  # type: ignore[attr-defined]
         cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]
         rule = self._rule(group, cap, self._truncating(global_step), point.S.dtype)
@@ -449,25 +463,20 @@ class GeoLoRA(LowRankOptimizer):
                 direction = pg
             h = lr
         else:
-            b2, eps = float(group["beta2"]), float(group["eps"])
             g2 = _tucker_norm_sq(pg, layer.full_modes)
-            v = state.get("exp_avg_sq")
-            v = (1 - b2) * g2 if v is None else b2 * v + (1 - b2) * g2
-            new_state["exp_avg_sq"] = v
+            # the Tucker integrator takes a float step: one host sync per Tucker layer
+            h = float(_layer_rms_step(state, new_state, g2, group, k))
             if beta > 0:
                 mom = (
                     (1 - beta) * pg.core
                     if mom_core is None
                     else (beta * mom_core + (1 - beta) * pg.core)
                 )
-                bc1 = 1.0 - beta**k
                 direction = TuckerProjectedGradients(
-                    mom / bc1, tuple((1 - beta) * p / bc1 for p in pg.partials)
+                    mom, tuple((1 - beta) * p for p in pg.partials)
                 )
             else:
                 direction = pg
-            denom = math.sqrt(float(v) / (1.0 - b2**k)) + eps
-            h = lr / denom if denom > 0 else 0.0
         truncate = self._truncating(global_step)
         rules: list[RankRule | None] = []
         for j, dim in enumerate(layer.dims):

@@ -163,14 +163,11 @@ def decay_coefficients(coef: torch.Tensor, lr: float, weight_decay: float) -> to
 
 
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-def _all_finite_batched(tensors: Iterable[torch.Tensor]) -> bool:
-    """:func:`_all_finite` of many tensors with one check (one host sync) per dtype/device.
+    """Whether every entry of every tensor is finite, with one check (one host sync) per
+    dtype/device instead of one per tensor.
 
     The tensors are flattened and concatenated (a copy of ``Σ numel`` entries, cheap for
-    low-rank factors) instead of one ``isfinite`` and one sync per tensor.
+    low-rank factors and gradients).
     """
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in tensors:
@@ -479,7 +476,7 @@ class LowRankOptimizer(torch.optim.Optimizer):
             )
         flat = [_flatten(pg) if pg is not None else [] for pg in pgs]
         bad = []
-        if not _all_finite_batched(t for f in flat for t in f):  # one check for all layers
+        if not _all_finite(t for f in flat for t in f):  # one check for all layers
             bad = [n for n, f in zip(self.layer_names, flat) if not _all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "projected gradients")
@@ -497,7 +494,7 @@ class LowRankOptimizer(torch.optim.Optimizer):
                 continue
             updates.append((i, point, new_state))
         new_flat = [_flatten(tuple(pt)) for _, pt, _ in updates]
-        if not _all_finite_batched(t for f in new_flat for t in f):  # one check for all
+        if not _all_finite(t for f in new_flat for t in f):  # one check for all
             bad += [self.layer_names[u[0]] for u, f in zip(updates, new_flat) if not _all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "update")
