@@ -189,6 +189,12 @@ def plot_training(
 
     written: list[Path] = []
 
+    def save(fig: Any, name: str) -> None:
+        path = out_dir / f"{prefix}_{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
     ranked = [r for r in rows if r.get("history", {}).get("ranks")]
     if ranked:
         ncols = min(3, len(ranked))
@@ -231,10 +237,7 @@ def plot_training(
         for ax in list(axes.flat)[len(ranked) :]:
             ax.set_visible(False)
         fig.suptitle(f"{title}: rank per layer during training")
-        path = out_dir / f"{prefix}_ranks.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "ranks")
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for row in rows:
@@ -253,10 +256,7 @@ def plot_training(
     for ax in (ax_loss, ax_acc):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-    path = out_dir / f"{prefix}_curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "curves")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
     for row in rows:
@@ -269,8 +269,5 @@ def plot_training(
     ax.set_title(f"{title}: accuracy against parameters")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    path = out_dir / f"{prefix}_accuracy_vs_params.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "accuracy_vs_params")
     return written
