@@ -76,6 +76,13 @@ def _parse() -> argparse.Namespace:
         default=1.0,
         help="MiniLM: multiply the AdamW rates of finetune_minilm (LoRA, AdaLoRA, every head)",
     )
+    p.add_argument(
+        "--lr-head",
+        type=float,
+        default=1e-3,
+        help="MiniLM: AdamW rate of every classifier head (the recorded dEBORA results used "
+        "1e-3; finetune_minilm's own default is 3e-3)",
+    )
     p.add_argument("--budgets", type=float, nargs="+", default=[4.0, 8.0, 16.0])
     p.add_argument(
         "--scaling", type=float, default=1.0, help="dEBORA adapter scaling (1: ΔW = U diag(s) Vᵀ)"
@@ -153,6 +160,8 @@ def _import_finetune_minilm() -> Any:
         "--batch",
         str(ARGS.batch),
         "--no-robustness",
+        "--lr-head",
+        str(ARGS.lr_head),
         *(["--quick"] if ARGS.quick else []),
     ]
     try:
