@@ -122,6 +122,13 @@ def _parse() -> argparse.Namespace:
         help="GeoLoRA layer_rms step of each layer: Frobenius length --lr-geolora (default), "
         "or --lr-geolora × ‖W₀‖_F of the frozen base weight (a LAMB-style trust ratio)",
     )
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "linear"),
+        default="constant",
+        help="learning rates of every optimizer of every method: constant (default) or "
+        "decayed linearly to 0 over --steps (the Hugging Face Trainer's default)",
+    )
     p.add_argument("--taus", type=float, nargs="+", default=[0.1, 0.15])
     p.add_argument("--no-robustness", action="store_true")
     p.add_argument("--robustness-lora", action="store_true", help="also sweep LoRA's lr")
@@ -228,6 +235,7 @@ class Run:
     model: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
     after_step: Any = None  # AdaLoRA's update_and_allocate
+    schedulers: list[Any] = field(default_factory=list)  # --schedule linear
     geolora: Any = None
     step_times: list[float] = field(default_factory=list)
     opt_times: list[float] = field(default_factory=list)
@@ -249,6 +257,17 @@ def peft_groups(model: torch.nn.Module, lr: float, lr_scale: float) -> list[dict
 
 
 def make_run(method: str, seed: int, lr_scale: float = 1.0, tau: float = 0.1) -> Run:
+    run = _make_run(method, seed, lr_scale, tau)
+    if ARGS.schedule == "linear":  # factor 1 − t/steps at step t (0 after --steps)
+        steps = ARGS.steps
+        run.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
+            for opt in run.optimizers
+        ]
+    return run
+
+
+def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
     base = base_model(seed)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -329,6 +348,7 @@ def base_weight(layer: torch.nn.Module) -> torch.Tensor:
     return layer.base_layer.weight
 
 
+@torch.no_grad()
 def relative_change(run: Run) -> list[float]:
     """``‖ΔW‖_F / ‖W₀‖_F`` of every adapted layer, with ``ΔW`` as merged into the weight
     (scaling included): peft's ``get_delta_weight``, our adapters' ``‖s S‖_F``."""
@@ -420,6 +440,8 @@ def one_step(run: Run, x: dict[str, torch.Tensor], y: torch.Tensor, rss: list[in
     t1 = time.perf_counter()
     for opt in run.optimizers:
         opt.step()
+    for sched in run.schedulers:
+        sched.step()
     t2 = time.perf_counter()
     run.steps_done += 1
     if run.after_step is not None:
