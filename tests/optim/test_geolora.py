@@ -402,6 +402,26 @@ def test_param_groups_and_scheduler_survive_rank_changes():
     assert all(p.grad is None for p in ad.factors())
 
 
+@pytest.mark.parametrize("precondition", ["none", "layer_rms"])
+def test_step_uses_the_scheduled_learning_rate(precondition):
+    """A scheduler's rate is the one the next step takes: the linear decay of
+    ``benchmarks/finetune_minilm.py --schedule linear`` reaches 0 after ``steps`` steps,
+    and a step at rate 0 leaves ``ΔW`` unchanged (τ = 0 keeps every non-zero σ)."""
+    ad, x, y = _linear_adapter(seed=5)
+    opt = GeoLoRA(ad, lr=0.1, tau=0.0, momentum=0.5, precondition=precondition)
+    steps = 2
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
+    moved = []
+    for _ in range(steps + 1):
+        before = ad.delta_weight().clone()
+        _backward(ad, x, y)
+        opt.step()
+        sched.step()
+        moved.append(float((ad.delta_weight() - before).norm()))
+    assert moved[0] > 1e-3 and moved[1] > 1e-3  # rates 0.1 and 0.05
+    assert moved[2] <= 1e3 * EPS * float(ad.delta_weight().norm())  # rate 0
+
+
 def test_layers_without_gradient_are_skipped_and_zero_grad_clears():
     ad1, x, y = _linear_adapter(seed=14)
     ad2, _, _ = _linear_adapter(seed=15)
