@@ -44,7 +44,8 @@ Measured (1 thread on the shared 2-core machine; full tables, exact commands and
 * MiniLM, 2026-11-24, ``--part minilm --seeds 3 --steps 200 --batch 16 --test-size 1000
   --only-debora`` (batch 16 per level: 32 snippets per iteration, like the anchors' batch-32
   step): dEBORA τ=4/8/16 0.761 / 0.762 / 0.735 (± 0.008–0.012), with 1–9 % of the 296
-  components pruned. The anchors, from ``finetune_minilm.py`` at 200 steps: LoRA 0.801,
+  components pruned. The anchors, from ``finetune_minilm.py`` at 200 steps with the head
+  at 1e-3 (this script's ``--lr-head``): LoRA 0.801,
   AdaLoRA 0.772, GeoLoRA τ=0.15 0.782. One iteration costs about one LoRA step.
 * Digits, ``--part digits --seeds 3`` (300 steps, 2026-11-24, tuned step sizes): LoRA r=4
   0.983 (1,984 params), GeoLoRA Tucker 0.985 (1,031), dEBORA Tucker τ=16 0.972 (1,251),

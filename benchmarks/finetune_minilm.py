@@ -318,14 +318,12 @@ def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
         model = get_adapter_model(base, cfg)
         layers: Any = model
         if ARGS.geolora_step == "weight":  # one group per layer, lr relative to ‖W₀‖_F
-            from manifold_lowrank.optim.lowrank_base import find_lowrank_layers
-
             layers = [
                 {
                     "layers": [(n, m)],
                     "lr": ARGS.lr_geolora * lr_scale * float(base_weight(m).norm()),
                 }
-                for n, m in find_lowrank_layers(model)
+                for n, m in model.adapter_layers().items()
             ]
         geo = GeoLoRA(
             layers,
@@ -352,16 +350,17 @@ def base_weight(layer: torch.nn.Module) -> torch.Tensor:
 def relative_change(run: Run) -> list[float]:
     """``‖ΔW‖_F / ‖W₀‖_F`` of every adapted layer, with ``ΔW`` as merged into the weight
     (scaling included): peft's ``get_delta_weight``, our adapters' ``‖s S‖_F``."""
-    out = []
-    for m in run.model.modules():
-        if run.geolora is not None and hasattr(m, "point") and hasattr(m, "base_layer"):
-            delta = m.scaling * m.point().S.norm()  # ‖U S Vᵀ‖_F = ‖S‖_F
-        elif hasattr(m, "get_delta_weight") and "default" in getattr(m, "lora_A", {}):
-            delta = m.get_delta_weight("default").norm()
-        else:
-            continue
-        out.append(float(delta) / float(base_weight(m).norm()))
-    return out
+    if run.geolora is not None:  # ‖s U S Vᵀ‖_F = |s| ‖S‖_F: no m×n product
+        deltas = [
+            (m, abs(m.scaling) * m.point().S.norm()) for m in run.model.adapter_layers().values()
+        ]
+    else:
+        deltas = [
+            (m, m.get_delta_weight("default").norm())
+            for m in run.model.modules()
+            if hasattr(m, "get_delta_weight") and "default" in getattr(m, "lora_A", {})
+        ]
+    return [float(d) / float(base_weight(m).norm()) for m, d in deltas]
 
 
 def trainable_params(run: Run) -> int:
@@ -440,9 +439,9 @@ def one_step(run: Run, x: dict[str, torch.Tensor], y: torch.Tensor, rss: list[in
     t1 = time.perf_counter()
     for opt in run.optimizers:
         opt.step()
+    t2 = time.perf_counter()
     for sched in run.schedulers:
         sched.step()
-    t2 = time.perf_counter()
     run.steps_done += 1
     if run.after_step is not None:
         run.after_step(run.steps_done)

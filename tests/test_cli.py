@@ -642,7 +642,9 @@ def test_new_converters() -> None:
             conv(bad)
 
 
-@pytest.mark.skipif(not HAS_PEFT, reason="AdaLoRA comes from peft: install the 'hf' extra")
+@pytest.mark.skipif(
+    not HAS_PEFT, reason="AdaLoRA comes from peft: pip install 'manifold-lowrank[hf]'"
+)
 def test_adalora_rank_trace_is_the_allocation_not_the_nonzero_count() -> None:
     """Between AdaLoRA's budget updates the optimizer revives masked ``lora_E`` entries;
     the recorded rank must stay the allocated one (peft's ``rank_pattern``)."""
