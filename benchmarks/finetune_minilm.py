@@ -116,6 +116,13 @@ def _parse() -> argparse.Namespace:
         "--truncate-every", type=int, default=1, help="GeoLoRA: apply the τ-rule every k steps"
     )
     p.add_argument(
+        "--geolora-precondition",
+        choices=("layer_rms", "factored"),
+        default="layer_rms",
+        help="GeoLoRA's preconditioner: one second moment per layer (default), or factored "
+        "row × column second moments (precondition='factored')",
+    )
+    p.add_argument(
         "--geolora-step",
         choices=("frobenius", "weight"),
         default="frobenius",
@@ -330,15 +337,21 @@ def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
             lr=ARGS.lr_geolora * lr_scale,
             tau=tau,
             max_rank=32,
-            precondition="layer_rms",
+            precondition=ARGS.geolora_precondition,
             momentum=0.9,
             truncate_every=ARGS.truncate_every,
         )
         head = torch.optim.AdamW(
             model.non_adapter_trainable_parameters(), lr=ARGS.lr_head * lr_scale
         )
-        return Run(f"GeoLoRA τ={tau:g}", model, [geo, head], geolora=geo)
+        return Run(geo_name(tau), model, [geo, head], geolora=geo)
     raise ValueError(method)
+
+
+def geo_name(tau: float) -> str:
+    """Row label of a GeoLoRA run (the preconditioner is named unless it is the default)."""
+    pre = "" if ARGS.geolora_precondition == "layer_rms" else f" {ARGS.geolora_precondition}"
+    return f"GeoLoRA τ={tau:g}{pre}"
 
 
 def base_weight(layer: torch.nn.Module) -> torch.Tensor:
@@ -573,6 +586,8 @@ def peak_memory(methods: list[tuple[str, dict]]) -> dict[str, float]:
             str(ARGS.threads),
             "--steps",
             str(ARGS.steps),
+            "--geolora-precondition",
+            ARGS.geolora_precondition,
         ]
         if "tau" in kw:
             cmd += ["--probe-tau", str(kw["tau"])]
@@ -689,18 +704,18 @@ def print_tables(records: list[dict]) -> None:
     lora = tm["step"].get("LoRA r=8", float("nan")) if tm else float("nan")
     peak_of = {"LoRA r=8": peaks.get("lora"), "AdaLoRA 12→8": peaks.get("adalora")}
     for t in ARGS.taus:
-        peak_of[f"GeoLoRA τ={t:g}"] = peaks.get(f"geolora:{t:g}")
+        peak_of[geo_name(t)] = peaks.get(f"geolora:{t:g}")
     seeds = sorted({r["seed"] for r in runs})
     print(f"\n== MiniLM + classifier, rotten tomatoes (mean ± std over seeds {seeds}) ==")
     head = (
-        f"{'method':<15} {'accuracy':>16} {'trainable':>10} {'effective':>10} {'ranks':>20} "
+        f"{'method':<24} {'accuracy':>16} {'trainable':>10} {'effective':>10} {'ranks':>20} "
         f"{'s/step':>7} {'/LoRA':>6} {'/floor':>6} {'upd %':>6} {'opt %':>6} {'state MB':>9} "
         f"{'peak+MB':>8}"
     )
     print(head)
     print("-" * len(head))
     print(
-        f"{'frozen floor':<15} {'':>16} {'':>10} {'':>10} {'':>20} {floor:7.3f} "
+        f"{'frozen floor':<24} {'':>16} {'':>10} {'':>10} {'':>20} {floor:7.3f} "
         f"{floor / lora:6.2f} {1.0:6.2f} {'':>6} {'':>6} {'':>9} "
         f"{peaks.get('floor', float('nan')):8.0f}"
     )
@@ -714,7 +729,7 @@ def print_tables(records: list[dict]) -> None:
         if tm and n in tm["geolora_opt"]:
             share = f"{100 * tm['geolora_opt'][n] / step:6.1f}"
         print(
-            f"{n:<15} {fmt_pm([r['acc'] for r in rs], '.4f'):>16} "
+            f"{n:<24} {fmt_pm([r['acc'] for r in rs], '.4f'):>16} "
             f"{statistics.mean(r['trainable'] for r in rs):>10,.0f} "
             f"{statistics.mean(r['effective'] for r in rs):>10,.0f} {rs[-1]['ranks']:>20} "
             f"{step:7.3f} {step / lora:6.2f} {step / floor:6.2f} {100 * upd / step:6.1f} "
@@ -734,7 +749,7 @@ def print_tables(records: list[dict]) -> None:
     for n in (n for n in names if by[n]):
         accs = ", ".join(f"s{r['seed']}:{r['acc']:.4f}" for r in by[n])
         print(
-            f"  {n:<15} per seed {accs}; train-loop median s/step "
+            f"  {n:<24} per seed {accs}; train-loop median s/step "
             f"{statistics.median(r['train_step'] for r in by[n]):.3f}"
         )
     rob = [r for r in records if r["kind"] == "run" and r["seed"] == 0]
@@ -743,14 +758,14 @@ def print_tables(records: list[dict]) -> None:
         return
     print("\n== robustness: learning rate × {1, 3, 10} of the tuned value (seed 0) ==")
     print(
-        f"{'method':<15} {'lr×':>4} {'accuracy':>9} {'NaN losses':>11} {'skipped':>8} "
+        f"{'method':<24} {'lr×':>4} {'accuracy':>9} {'NaN losses':>11} {'skipped':>8} "
         f"{'final loss':>11}  change"
     )
     for n in rob_names:
         for r in sorted((r for r in rob if r["name"] == n), key=lambda r: r["lr_scale"]):
             skips = "-" if r.get("nan_skips") is None else str(r["nan_skips"])
             print(
-                f"{n:<15} {r['lr_scale']:4g} {r['acc']:9.4f} {r['nan']:11d} {skips:>8} "
+                f"{n:<24} {r['lr_scale']:4g} {r['acc']:9.4f} {r['nan']:11d} {skips:>8} "
                 f"{r['final_loss']:11.3f}  {change_summary(r)}"
             )
     print(

@@ -338,7 +338,7 @@ TARGETS: dict[str, dict[str, Any]] = {
             "min_rank": INTS,
             "truncate_every": INTS,
             "momentum": FLOATS,
-            "precondition": ["none", "layer_rms", "x"],
+            "precondition": ["none", "layer_rms", "factored", "x"],
             "beta2": FLOATS,
             "eps": FLOATS,
             "weight_decay": FLOATS,

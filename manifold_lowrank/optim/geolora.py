@@ -82,6 +82,28 @@ Options beyond the paper
     layer is ``≈ lr`` in Frobenius norm whatever the scale of its gradient — learning
     rates transfer across layers and models, and large learning rates cannot blow up
     the adapter. ``‖P_T(G)‖_F² = ‖GV‖² + ‖GᵀU‖² − ‖UᵀGV‖²`` costs ``O((m+n) r)``.
+``precondition="factored"``
+    ``"layer_rms"`` after a diagonal row × column rescaling (second moments factored as
+    in Adafactor). Per layer, exponential averages of the squared row norms of the two
+    projected gradients::
+
+        ρ_t = β₂ ρ_{t−1} + (1−β₂) rowsq(G V)     (m, one per output unit)
+        γ_t = β₂ γ_{t−1} + (1−β₂) rowsq(Gᵀ U)    (n, one per input feature)
+
+    give ``a = (ρ̂ / mean ρ̂ + δ)^{−1/2}``, ``b = (γ̂ / mean γ̂ + δ)^{−1/2}`` (``δ = 10⁻³``)
+    and the direction ``ξ = P_T(diag(a) P_T(m_t) diag(b))``, of step length ``lr`` as in
+    ``"layer_rms"`` (whose scalar second moment is now that of
+    ``P_T(diag(a) P_T(G_t) diag(b))``). Justification: the gradients of pretrained
+    transformers concentrate in a few input features (in MiniLM one input column of a
+    value projection carries 75–93 % of ``‖G‖_F²``), so a Frobenius-normalised step
+    moves almost only those; Adam on LoRA's factors rescales each input feature and
+    output unit, and so does this. Unlike element-wise moments of ``S``, ``ρ`` and ``γ``
+    are invariant under the basis rotations of a truncation (``rowsq(G V Q) =
+    rowsq(G V)``) and live in the fixed coordinates of the layer (units and features),
+    so they need no transport when the rank changes. ``ξ`` is a descent direction:
+    with ``β₁ = 0``, ``⟨P_T(G), ξ⟩ = Σᵢⱼ aᵢ bⱼ P_T(G)ᵢⱼ² > 0``. ``ξ`` is formed from
+    the three projections with ``r × r`` products only (:func:`rescaled_tangent`), cost
+    ``O((m+n) r²)``; the state adds ``m + n`` numbers per layer. Matrix adapters only.
 
 Tucker adapters (:class:`~manifold_lowrank.nn.TuckerConv2dAdapter`) use the Tucker
 version of the parallel integrator
@@ -119,9 +141,11 @@ from manifold_lowrank.optim.lowrank_base import (
     transport_tangent,
 )
 
-__all__ = ["GeoLoRA", "tangent_norm_sq"]
+__all__ = ["GeoLoRA", "rescaled_tangent", "tangent_norm_sq"]
 
-PRECONDITIONERS = ("none", "layer_rms")
+PRECONDITIONERS = ("none", "layer_rms", "factored")
+#: relative floor δ of the factored second moments (so ``a, b ≤ δ^{−1/2} ≈ 32``)
+FACTORED_FLOOR = 1e-3
 
 
 # --------------------------------------------------------------------------- kernels
@@ -134,6 +158,74 @@ def tangent_norm_sq(pg: ProjectedGradients) -> torch.Tensor:
     a, c, b = pg
     val = a.pow(2).sum() + b.pow(2).sum() - c.pow(2).sum()
     return val.clamp_min(0.0)
+
+
+def rescaled_tangent(
+    pg: ProjectedGradients,
+    U: torch.Tensor,
+    V: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+) -> ProjectedGradients:
+    r"""The projections of ``ξ = P_T(diag(a) Z diag(b))`` for a tangent vector ``Z``.
+
+    ``Z = K Vᵀ + U Lᵀ − U M Vᵀ`` is given by its projections ``pg = (K, M, L) =
+    (Z V, Uᵀ Z V, Zᵀ U)`` at ``X = U S Vᵀ`` (orthonormal ``U``, ``V``). With
+    ``A = diag(a)``, ``B = diag(b)`` and the ``r × r`` Gram matrices
+    ``V_b = Vᵀ B V``, ``U_a = Uᵀ A U``::
+
+        ξ V    = A K V_b + A U (Lᵀ B V − M V_b)
+        ξᵀ U   = B V (Kᵀ A U − Mᵀ U_a) + B L U_a
+        Uᵀ ξ V = (Uᵀ A K) V_b + U_a (Lᵀ B V − M V_b)
+
+    Nothing of size ``m × n`` is formed; cost ``O((m + n) r²)``.
+
+    Parameters
+    ----------
+    pg : ProjectedGradients
+        ``(Z V, Uᵀ Z V, Zᵀ U)``, shapes ``(m, r)``, ``(r, r)``, ``(n, r)``.
+    U, V : torch.Tensor
+        The orthonormal bases, ``(m, r)`` and ``(n, r)``.
+    a, b : torch.Tensor
+        Row and column weights, ``(m,)`` and ``(n,)``.
+
+    Returns
+    -------
+    ProjectedGradients
+        ``(ξ V, Uᵀ ξ V, ξᵀ U)``.
+    """
+    K, M, L = pg
+    aK, aU = a[:, None] * K, a[:, None] * U
+    bV, bL = b[:, None] * V, b[:, None] * L
+    Vb = V.transpose(0, 1) @ bV
+    LbV = L.transpose(0, 1) @ bV
+    UaK = U.transpose(0, 1) @ aK
+    Ua = U.transpose(0, 1) @ aU
+    inner = LbV - M @ Vb
+    xi_v = aK @ Vb + aU @ inner
+    xi_t_u = bV @ (UaK.transpose(0, 1) - M.transpose(0, 1) @ Ua) + bL @ Ua
+    ut_xi_v = UaK @ Vb + Ua @ inner
+    return ProjectedGradients(xi_v, ut_xi_v, xi_t_u)
+
+
+def _factored_weights(
+    state: dict[str, Any], new_state: dict[str, Any], pg: ProjectedGradients, b2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column weights ``a``, ``b`` of ``precondition="factored"``.
+
+    Updates ``ρ ← β₂ ρ + (1 − β₂) rowsq(GV)``, ``γ ← β₂ γ + (1 − β₂) rowsq(GᵀU)`` into
+    ``new_state`` and returns ``(ρ / mean ρ + δ)^{−1/2}``, ``(γ / mean γ + δ)^{−1/2}``
+    (a bias correction ``1 − β₂ᵏ`` would cancel in the ratio to the mean).
+    """
+    out = []
+    for key, proj in (("row_sq", pg.GV), ("col_sq", pg.GtU)):
+        sq = (proj * proj).sum(dim=1)
+        old = state.get(key)
+        v = (1 - b2) * sq if old is None else b2 * old + (1 - b2) * sq
+        new_state[key] = v
+        rel = v / v.mean().clamp_min(torch.finfo(v.dtype).tiny)
+        out.append((rel + FACTORED_FLOOR).rsqrt())
+    return out[0], out[1]
 
 
 def _tucker_norm_sq(pg: TuckerProjectedGradients, full_modes: tuple[int, ...]) -> torch.Tensor:
@@ -229,6 +321,12 @@ def _layer_rms_step(
 
 
 # --------------------------------------------------------------------------- optimizer
+_FACTORED_TUCKER = (
+    'precondition="factored" is defined for matrix adapters only; give Tucker layers '
+    'their own group with precondition="layer_rms" or "none"'
+)
+
+
 def _check_float(
     name: str, value: object, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
 ) -> float:
@@ -289,7 +387,7 @@ class GeoLoRA(LowRankOptimizer):
         pairs / group dicts ``{"layers": [...], "lr": ..., ...}``.
     lr : float
         Step size ``h`` (``precondition="none"``) or the Frobenius length of a layer's
-        step (``"layer_rms"``), ``≥ 0``.
+        step (``"layer_rms"``, ``"factored"``), ``≥ 0``.
     tau : float
         Relative truncation tolerance ``τ ∈ [0, 1)``: the smallest rank with
         ``‖σ_{tail}‖₂ ≤ τ ‖σ‖₂`` is kept.
@@ -302,14 +400,17 @@ class GeoLoRA(LowRankOptimizer):
     truncate_every : int
         Apply the τ-rule every ``k`` steps (see the module docstring).
     momentum : float
-        ``β`` (``"none"``: heavy-ball) or ``β₁`` (``"layer_rms"``), in ``[0, 1)``.
-    precondition : {"none", "layer_rms"}
-        See the module docstring.
+        ``β`` (``"none"``: heavy-ball) or ``β₁`` (``"layer_rms"``, ``"factored"``), in
+        ``[0, 1)``.
+    precondition : {"none", "layer_rms", "factored"}
+        See the module docstring. ``"factored"`` needs matrix adapters (a Tucker layer in
+        its group raises :class:`ValueError`).
     beta2, eps : float
-        Second-moment decay and denominator guard for ``"layer_rms"``.
+        Second-moment decay and denominator guard for ``"layer_rms"`` and
+        ``"factored"``.
     weight_decay : float
         Decoupled decay of ``S`` only: ``S ← (1 − lr·wd) S`` before the step. With
-        ``"layer_rms"`` the decay uses ``lr`` as given.
+        ``"layer_rms"`` and ``"factored"`` the decay uses ``lr`` as given.
     nan_policy : {"skip", "raise"}
         See :class:`~manifold_lowrank.optim.lowrank_base.LowRankOptimizer`.
     rank_history_maxlen : int or None
@@ -364,6 +465,9 @@ class GeoLoRA(LowRankOptimizer):
         )
         for g in self.param_groups:
             _validate_group(g)
+        for name, layer, g in zip(self.layer_names, self.layers, self.param_groups):
+            if g["precondition"] == "factored" and isinstance(layer, TuckerModule):
+                raise ValueError(f"layer {name!r}: {_FACTORED_TUCKER}")
 
     # ------------------------------------------------------------------ rules
     def _rule(
@@ -412,7 +516,6 @@ class GeoLoRA(LowRankOptimizer):
                 direction = pg
             h = lr
         else:
-            h = _layer_rms_step(state, new_state, tangent_norm_sq(pg), group, k)
             if beta > 0:
                 if mom_old is None:
                     mom = ProjectedGradients(*((1 - beta) * g for g in pg))
@@ -423,6 +526,11 @@ class GeoLoRA(LowRankOptimizer):
                 direction = mom
             else:
                 direction = pg
+            if group["precondition"] == "factored":
+                a, b = _factored_weights(state, new_state, pg, float(group["beta2"]))
+                pg = rescaled_tangent(pg, point.U, point.V, a, b)
+                direction = rescaled_tangent(direction, point.U, point.V, a, b)
+            h = _layer_rms_step(state, new_state, tangent_norm_sq(pg), group, k)
         m, n = layer.matrix_shape  # type: ignore[attr-defined]
         cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]
         rule = self._rule(group, cap, self._truncating(global_step), point.S.dtype)
@@ -445,6 +553,8 @@ class GeoLoRA(LowRankOptimizer):
         pg: TuckerProjectedGradients,
         global_step: int,
     ) -> tuple[TuckerPoint, dict[str, Any]]:
+        if group["precondition"] == "factored":
+            raise ValueError(_FACTORED_TUCKER)
         point = layer.point()
         lr, wd = float(group["lr"]), float(group["weight_decay"])
         beta = float(group["momentum"])

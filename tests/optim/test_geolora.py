@@ -12,13 +12,14 @@ from torch import nn
 
 from manifold_lowrank.integrators import tucker_parallel
 from manifold_lowrank.linalg import RankRule
-from manifold_lowrank.manifolds.types import FixedRankPoint, TuckerPoint
+from manifold_lowrank.manifolds.types import FixedRankPoint, ProjectedGradients, TuckerPoint
 from manifold_lowrank.nn.adapters import (
     LowRankAdapter,
     LowRankConv2dAdapter,
     TuckerConv2dAdapter,
 )
 from manifold_lowrank.optim import GeoLoRA
+from manifold_lowrank.optim.geolora import FACTORED_FLOOR, rescaled_tangent
 from manifold_lowrank.optim.lowrank_base import transport_core, transport_tangent
 
 D = torch.float64
@@ -239,6 +240,111 @@ def test_layer_rms_step_has_length_lr():
         assert math.isclose(float(step), 0.05, rel_tol=1e-10)
 
 
+# ----------------------------------------------------------------------------- factored
+@pytest.mark.parametrize(("m", "n", "r", "seed"), [(9, 7, 3, 0), (30, 20, 4, 1), (6, 40, 2, 2)])
+def test_rescaled_tangent_is_the_projection_of_the_rescaled_vector(m, n, r, seed):
+    """``rescaled_tangent`` = the projections of ``P_T(diag(a) Z diag(b))`` (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    U, V = _orth(m, r, g), _orth(n, r, g)
+    Z = _proj(U, V, torch.randn(m, n, generator=g, dtype=D))  # a tangent vector
+    a = torch.rand(m, generator=g, dtype=D) * 10 + 0.1
+    b = torch.rand(n, generator=g, dtype=D) * 10 + 0.1
+    xi = _proj(U, V, torch.diag(a) @ Z @ torch.diag(b))
+    got = rescaled_tangent(ProjectedGradients(Z @ V, U.T @ Z @ V, Z.T @ U), U, V, a, b)
+    tol = 100 * EPS * float(xi.abs().max())
+    assert torch.allclose(got.GV, xi @ V, rtol=0, atol=tol)
+    assert torch.allclose(got.UtGV, U.T @ xi @ V, rtol=0, atol=tol)
+    assert torch.allclose(got.GtU, xi.T @ U, rtol=0, atol=tol)
+    assert float((Z * xi).sum()) > 0  # a descent direction for -Z
+
+
+def _factored_weights_dense(U, V, G):
+    rho, gam = (G @ V).pow(2).sum(1), (G.T @ U).pow(2).sum(1)
+    return (
+        (rho / rho.mean() + FACTORED_FLOOR).rsqrt(),
+        (gam / gam.mean() + FACTORED_FLOOR).rsqrt(),
+    )
+
+
+@pytest.mark.parametrize("zero_s", [False, True])
+def test_factored_first_step_is_the_documented_formula(zero_s):
+    """β₁ = 0, τ = 0: ``X₁ = X₀ − lr ξ/‖ξ‖_F`` with ``ξ = P_T(diag(a) P_T(G) diag(b))``,
+    ``a``, ``b`` from the row norms of ``GV`` and ``GᵀU`` (dense float64 reference)."""
+    ad, x, y = _linear_adapter(m=12, n=9, r=3, zero_s=zero_s, seed=21)
+    U, S, V, G = _dense_grad(ad, x, y)
+    a, b = _factored_weights_dense(U, V, G)
+    xi = _proj(U, V, torch.diag(a) @ _proj(U, V, G) @ torch.diag(b))
+    lr = 0.05
+    opt = GeoLoRA(ad, lr=lr, tau=0.0, max_rank=9, min_rank=0, precondition="factored", eps=0.0)
+    _backward(ad, x, y)
+    opt.step()
+    expected = U @ S @ V.T - lr * xi / torch.linalg.matrix_norm(xi)
+    assert torch.allclose(_dense(ad), expected, rtol=0, atol=1000 * EPS)
+    assert set(opt.state[opt.param_groups[0]["params"][0]]) >= {"row_sq", "col_sq"}
+
+
+def test_factored_steps_do_not_depend_on_the_basis_gauge():
+    """The same ``X = U S Vᵀ`` written in rotated bases ``(U Q₁, Q₁ᵀ S Q₂, V Q₂)`` gives the
+    same iterates: the factored moments (row norms) are rotation invariant, and the
+    momentum is transported basis-free, through rank changes."""
+    ad1, x, y = _linear_adapter(m=14, n=10, r=3, seed=22, zero_s=True)
+    ad2, _, _ = _linear_adapter(m=14, n=10, r=3, seed=22, zero_s=True)
+    g = torch.Generator().manual_seed(5)
+    q1, q2 = _orth(3, 3, g), _orth(3, 3, g)
+    U, S, V = ad1.point()
+    ad2.set_point(FixedRankPoint(U @ q1, q1.T @ S @ q2, V @ q2))
+    kw = {"lr": 0.05, "tau": 0.15, "max_rank": 8, "momentum": 0.9, "precondition": "factored"}
+    opts = [GeoLoRA(ad1, **kw), GeoLoRA(ad2, **kw)]
+    for _ in range(5):
+        for ad, opt in zip((ad1, ad2), opts):
+            _backward(ad, x, y)
+            opt.step()
+        assert torch.allclose(_dense(ad1), _dense(ad2), rtol=0, atol=1e4 * EPS)
+    assert [r for _, r in opts[0].rank_history] == [r for _, r in opts[1].rank_history]
+    assert any(r[0] != 3 for _, r in opts[0].rank_history)  # the rank did change
+
+
+def test_factored_spreads_a_step_dominated_by_one_input_feature():
+    """One input feature 100× larger (as BERT's outlier features): the layer-RMS step puts
+    almost all of its length into that input column, the factored step far less."""
+    shares = {}
+    for pre in ("layer_rms", "factored"):
+        ad, x, y = _linear_adapter(m=16, n=12, r=3, seed=23)
+        x = x.clone()
+        x[:, 0] *= 100.0
+        X0 = _dense(ad).clone()
+        opt = GeoLoRA(ad, lr=0.05, tau=0.0, max_rank=12, precondition=pre)
+        _backward(ad, x, y)
+        opt.step()
+        step = _dense(ad) - X0
+        shares[pre] = float(step[:, 0].pow(2).sum() / step.pow(2).sum())
+    assert shares["layer_rms"] > 0.9
+    assert shares["factored"] < 0.5 * shares["layer_rms"]
+
+
+def test_factored_rejects_tucker_layers_but_groups_can_mix():
+    g = torch.Generator().manual_seed(25)
+    tk = TuckerConv2dAdapter(nn.Conv2d(4, 6, 3).to(D), 2, generator=g)
+    lin, x, y = _linear_adapter(seed=26)
+    with pytest.raises(ValueError, match="matrix adapters only"):
+        GeoLoRA([lin, tk], lr=0.1, precondition="factored")
+    opt = GeoLoRA(
+        [{"layers": [lin]}, {"layers": [tk], "precondition": "layer_rms"}],
+        lr=0.1,
+        precondition="factored",
+    )
+    _backward(lin, x, y)
+    tk(torch.randn(2, 4, 6, 6, generator=g, dtype=D)).pow(2).sum().backward()
+    opt.step()
+    opt.param_groups[1]["precondition"] = "factored"  # changed after construction
+    before = [t.clone() for t in lin.point()]
+    _backward(lin, x, y)
+    tk(torch.randn(2, 4, 6, 6, generator=g, dtype=D)).pow(2).sum().backward()
+    with pytest.raises(ValueError, match="matrix adapters only"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(lin.point(), before))  # nothing committed
+
+
 def test_weight_decay_acts_on_s_only():
     ad, x, y = _linear_adapter(seed=4)
     U, S, V, G = _dense_grad(ad, x, y)
@@ -346,9 +452,10 @@ def test_nan_raise_leaves_everything_untouched():
         assert torch.equal(a, b)
 
 
-def test_huge_learning_rate_never_produces_nan():
+@pytest.mark.parametrize("precondition", ["layer_rms", "factored"])
+def test_huge_learning_rate_never_produces_nan(precondition):
     ad, x, y = _linear_adapter(seed=10)
-    opt = GeoLoRA(ad, lr=1e6, tau=0.1, precondition="layer_rms")
+    opt = GeoLoRA(ad, lr=1e6, tau=0.1, precondition=precondition)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(20):
@@ -358,13 +465,14 @@ def test_huge_learning_rate_never_produces_nan():
 
 
 # ----------------------------------------------------------------------------- plumbing
-def test_state_dict_round_trip_after_rank_changes():
+@pytest.mark.parametrize("precondition", ["layer_rms", "factored"])
+def test_state_dict_round_trip_after_rank_changes(precondition):
     def make():
         ad, x, y = _linear_adapter(m=12, n=10, r=2, zero_s=True, seed=12)
         return ad, x, y
 
     ad, x, y = make()
-    opt = GeoLoRA(ad, lr=0.02, tau=0.2, max_rank=10, momentum=0.9, precondition="layer_rms")
+    opt = GeoLoRA(ad, lr=0.02, tau=0.2, max_rank=10, momentum=0.9, precondition=precondition)
     for _ in range(4):
         _backward(ad, x, y)
         opt.step()
@@ -373,7 +481,7 @@ def test_state_dict_round_trip_after_rank_changes():
     sd_opt = opt.state_dict()
 
     ad2, _, _ = make()
-    opt2 = GeoLoRA(ad2, lr=0.02, tau=0.2, max_rank=10, momentum=0.9, precondition="layer_rms")
+    opt2 = GeoLoRA(ad2, lr=0.02, tau=0.2, max_rank=10, momentum=0.9, precondition=precondition)
     with pytest.raises(ValueError, match="rank"):
         opt2.load_state_dict(sd_opt)  # ranks differ: nothing loaded
     ad2.load_state_dict(sd_layer)
@@ -402,7 +510,7 @@ def test_param_groups_and_scheduler_survive_rank_changes():
     assert all(p.grad is None for p in ad.factors())
 
 
-@pytest.mark.parametrize("precondition", ["none", "layer_rms"])
+@pytest.mark.parametrize("precondition", ["none", "layer_rms", "factored"])
 def test_step_uses_the_scheduled_learning_rate(precondition):
     """A scheduler's rate is the one the next step takes: the linear decay of
     ``benchmarks/finetune_minilm.py --schedule linear`` reaches 0 after ``steps`` steps,
