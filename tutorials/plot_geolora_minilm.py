@@ -125,7 +125,7 @@ def accuracy(model: torch.nn.Module) -> float:
 config = AdapterConfig(
     r=8,
     max_rank=32,
-    tau=0.1,
+    tau=0.15,
     target_modules=["query", "key", "value", "dense"],
     dropout=0.1,
     task_type="SEQ_CLS",
@@ -137,12 +137,16 @@ model.print_trainable_parameters()
 # A plain training loop
 # ---------------------
 # GeoLoRA has an ordinary ``step()``; the head is trained by AdamW alongside. We use the
-# layer-wise RMS preconditioner: each adapter's step then has Frobenius length ``lr``,
-# whatever the scale of its gradient (see :class:`~manifold_lowrank.optim.GeoLoRA`).
+# factored preconditioner: each adapter's step has Frobenius length ``lr``, after a
+# rescaling of its rows and columns by running second moments (like Adam on LoRA's
+# factors; see :class:`~manifold_lowrank.optim.GeoLoRA` and the user guide). Any torch
+# scheduler drives GeoLoRA's rate; here every rate decays linearly to 0, as in the
+# benchmark.
 geo = GeoLoRA(
-    model, lr=5e-2, tau=config.tau, max_rank=config.max_rank, precondition="layer_rms", momentum=0.9
+    model, lr=0.1, tau=config.tau, max_rank=config.max_rank, precondition="factored", momentum=0.9
 )
-head = torch.optim.AdamW(model.non_adapter_trainable_parameters(), lr=1e-3)
+head = torch.optim.AdamW(model.non_adapter_trainable_parameters(), lr=3e-3)
+scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - t / STEPS) for opt in (geo, head)]
 gen = torch.Generator().manual_seed(0)
 loop_loss, loop_params = [], []
 for _ in range(STEPS):
@@ -154,6 +158,8 @@ for _ in range(STEPS):
     head.step()
     geo.zero_grad()
     head.zero_grad()
+    for sched in scheds:
+        sched.step()
     loop_loss.append(out.loss.item())
     loop_params.append(model.num_adapter_parameters())
 print(f"plain loop: test accuracy {accuracy(model):.3f} after {STEPS} steps")
@@ -180,15 +186,15 @@ class Snippets(torch.utils.data.Dataset):
 
 model_t = get_adapter_model(fresh_model(), config)
 callback = GeoLoRACallback(
-    lr=5e-2, tau=config.tau, max_rank=config.max_rank, precondition="layer_rms", momentum=0.9
+    lr=0.1, tau=config.tau, max_rank=config.max_rank, precondition="factored", momentum=0.9
 )
 outdir = tempfile.mkdtemp()
 args = TrainingArguments(
     output_dir=outdir,
     max_steps=STEPS,
     per_device_train_batch_size=BATCH,
-    learning_rate=1e-3,
-    lr_scheduler_type="constant",
+    learning_rate=3e-3,
+    lr_scheduler_type="linear",
     logging_steps=1,
     save_strategy="no",
     report_to=[],
