@@ -14,7 +14,8 @@ Notes
 -----
 * The Trainer's gradient clipping (``max_grad_norm``) acts on ``.grad`` only; GeoLoRA
   uses the projected gradients, which are not clipped. Use
-  ``precondition="layer_rms"`` for a step length independent of the gradient scale.
+  ``precondition="factored"`` (or ``"layer_rms"``) for a step length independent of the
+  gradient scale.
 * With ``follow_schedule=True`` (default) GeoLoRA's learning rate follows the Trainer's
   schedule: ``lr_t = lr · (trainer lr_t / args.learning_rate)``.
 * If training ends and no GeoLoRA step ran, a warning is emitted (PEFT issue #1327: the

@@ -178,12 +178,14 @@ def rescaled_tangent(
         ξᵀ U   = B V (Kᵀ A U − Mᵀ U_a) + B L U_a
         Uᵀ ξ V = (Uᵀ A K) V_b + U_a (Lᵀ B V − M V_b)
 
-    Nothing of size ``m × n`` is formed; cost ``O((m + n) r²)``.
+    Nothing of size ``m × n`` is formed; cost ``O((m + n) r²)``. Several tangent vectors
+    at the same point can be stacked along a leading batch dimension of ``pg``; the
+    Gram matrices are then formed once.
 
     Parameters
     ----------
     pg : ProjectedGradients
-        ``(Z V, Uᵀ Z V, Zᵀ U)``, shapes ``(m, r)``, ``(r, r)``, ``(n, r)``.
+        ``(Z V, Uᵀ Z V, Zᵀ U)``, shapes ``(..., m, r)``, ``(..., r, r)``, ``(..., n, r)``.
     U, V : torch.Tensor
         The orthonormal bases, ``(m, r)`` and ``(n, r)``.
     a, b : torch.Tensor
@@ -195,15 +197,13 @@ def rescaled_tangent(
         ``(ξ V, Uᵀ ξ V, ξᵀ U)``.
     """
     K, M, L = pg
-    aK, aU = a[:, None] * K, a[:, None] * U
-    bV, bL = b[:, None] * V, b[:, None] * L
-    Vb = V.transpose(0, 1) @ bV
-    LbV = L.transpose(0, 1) @ bV
-    UaK = U.transpose(0, 1) @ aK
-    Ua = U.transpose(0, 1) @ aU
-    inner = LbV - M @ Vb
+    aU, bV = a[:, None] * U, b[:, None] * V  # shared by every batch entry
+    Vb, Ua = V.transpose(0, 1) @ bV, U.transpose(0, 1) @ aU
+    aK, bL = a[:, None] * K, b[:, None] * L
+    UaK = aU.transpose(0, 1) @ K  # Uᵀ A K
+    inner = L.transpose(-2, -1) @ bV - M @ Vb  # Lᵀ B V − M V_b
     xi_v = aK @ Vb + aU @ inner
-    xi_t_u = bV @ (UaK.transpose(0, 1) - M.transpose(0, 1) @ Ua) + bL @ Ua
+    xi_t_u = bV @ (UaK - Ua @ M).transpose(-2, -1) + bL @ Ua
     ut_xi_v = UaK @ Vb + Ua @ inner
     return ProjectedGradients(xi_v, ut_xi_v, xi_t_u)
 
@@ -219,12 +219,12 @@ def _factored_weights(
     """
     out = []
     for key, proj in (("row_sq", pg.GV), ("col_sq", pg.GtU)):
-        sq = (proj * proj).sum(dim=1)
+        sq = proj.square().sum(dim=1)
         old = state.get(key)
-        v = (1 - b2) * sq if old is None else b2 * old + (1 - b2) * sq
+        v = sq.mul_(1 - b2) if old is None else torch.lerp(old, sq, 1 - b2)
         new_state[key] = v
         rel = v / v.mean().clamp_min(torch.finfo(v.dtype).tiny)
-        out.append((rel + FACTORED_FLOOR).rsqrt())
+        out.append(rel.add_(FACTORED_FLOOR).rsqrt_())
     return out[0], out[1]
 
 
@@ -528,8 +528,13 @@ class GeoLoRA(LowRankOptimizer):
                 direction = pg
             if group["precondition"] == "factored":
                 a, b = _factored_weights(state, new_state, pg, float(group["beta2"]))
-                pg = rescaled_tangent(pg, point.U, point.V, a, b)
-                direction = rescaled_tangent(direction, point.U, point.V, a, b)
+                if direction is pg:
+                    pg = direction = rescaled_tangent(pg, point.U, point.V, a, b)
+                else:  # both in one batched call
+                    both = ProjectedGradients(*(torch.stack(t) for t in zip(pg, direction)))
+                    res = rescaled_tangent(both, point.U, point.V, a, b)
+                    pg = ProjectedGradients(*(t[0] for t in res))
+                    direction = ProjectedGradients(*(t[1] for t in res))
             h = _layer_rms_step(state, new_state, tangent_norm_sq(pg), group, k)
         m, n = layer.matrix_shape  # type: ignore[attr-defined]
         cap = min(int(group["max_rank"]), int(layer.max_rank), m, n)  # type: ignore[attr-defined]

@@ -258,6 +258,18 @@ def test_rescaled_tangent_is_the_projection_of_the_rescaled_vector(m, n, r, seed
     assert float((Z * xi).sum()) > 0  # a descent direction for -Z
 
 
+def test_rescaled_tangent_batches_vectors_at_one_point():
+    g = torch.Generator().manual_seed(3)
+    U, V = _orth(12, 3, g), _orth(8, 3, g)
+    a, b = torch.rand(12, generator=g, dtype=D) + 0.5, torch.rand(8, generator=g, dtype=D) + 0.5
+    zs = [_proj(U, V, torch.randn(12, 8, generator=g, dtype=D)) for _ in range(2)]
+    pgs = [ProjectedGradients(Z @ V, U.T @ Z @ V, Z.T @ U) for Z in zs]
+    both = rescaled_tangent(ProjectedGradients(*(torch.stack(t) for t in zip(*pgs))), U, V, a, b)
+    for i, pg in enumerate(pgs):
+        for x, y in zip(both, rescaled_tangent(pg, U, V, a, b)):
+            assert torch.allclose(x[i], y, rtol=0, atol=100 * EPS)
+
+
 def _factored_weights_dense(U, V, G):
     rho, gam = (G @ V).pow(2).sum(1), (G.T @ U).pow(2).sum(1)
     return (
