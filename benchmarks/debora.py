@@ -163,6 +163,15 @@ def _import_finetune_minilm() -> Any:
         "--no-robustness",
         "--lr-head",
         str(ARGS.lr_head),
+        # finetune_minilm's defaults moved to a linear decay and the factored
+        # preconditioner; the recorded results here, and dEBORA's own loop, use constant
+        # rates and layer_rms at step 0.05, so the anchors keep those.
+        "--schedule",
+        "constant",
+        "--geolora-precondition",
+        "layer_rms",
+        "--lr-geolora",
+        "0.05",
         *(["--quick"] if ARGS.quick else []),
     ]
     try:

@@ -137,7 +137,7 @@ def _parse() -> argparse.Namespace:
         "--geolora-step",
         choices=("frobenius", "weight"),
         default="frobenius",
-        help="GeoLoRA layer_rms step of each layer: Frobenius length --lr-geolora (default), "
+        help="GeoLoRA step of each layer: Frobenius length --lr-geolora (default), "
         "or --lr-geolora × ‖W₀‖_F of the frozen base weight (a LAMB-style trust ratio)",
     )
     p.add_argument(

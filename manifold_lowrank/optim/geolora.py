@@ -90,7 +90,8 @@ Options beyond the paper
         ρ_t = β₂ ρ_{t−1} + (1−β₂) rowsq(G V)     (m, one per output unit)
         γ_t = β₂ γ_{t−1} + (1−β₂) rowsq(Gᵀ U)    (n, one per input feature)
 
-    give ``a = (ρ̂ / mean ρ̂ + δ)^{−1/2}``, ``b = (γ̂ / mean γ̂ + δ)^{−1/2}`` (``δ = 10⁻³``)
+    give ``a = (ρ / mean ρ + δ)^{−1/2}``, ``b = (γ / mean γ + δ)^{−1/2}`` (``δ = 10⁻³``;
+    a bias correction ``1 − β₂ᵏ`` would cancel in the ratios)
     and the direction ``ξ = P_T(diag(a) P_T(m_t) diag(b))``, of step length ``lr`` as in
     ``"layer_rms"`` (whose scalar second moment is now that of
     ``P_T(diag(a) P_T(G_t) diag(b))``). Justification: the gradients of pretrained
