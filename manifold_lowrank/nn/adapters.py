@@ -230,10 +230,10 @@ class LowRankAdapter(_AdapterMixin, LowRankModule):
         d = self.delta_weight()
         return d.transpose(0, 1) if self.fan_in_fan_out else d
 
-    def set_point(self, point: Any) -> None:
+    def set_point(self, point: Any, *, assume_finite: bool = False) -> None:
         """See :meth:`LowRankModule.set_point`; rank 0 allowed; not while merged."""
         self._check_not_merged()
-        super().set_point(point)
+        super().set_point(point, assume_finite=assume_finite)
 
     def extra_repr(self) -> str:
         return (
@@ -398,10 +398,10 @@ class LowRankConv2dAdapter(_AdapterMixin, LowRankModule):
     def _delta_base_layout(self) -> torch.Tensor:
         return self.delta_weight()
 
-    def set_point(self, point: Any) -> None:
+    def set_point(self, point: Any, *, assume_finite: bool = False) -> None:
         """See :meth:`LowRankModule.set_point`; rank 0 allowed; not while merged."""
         self._check_not_merged()
-        super().set_point(point)
+        super().set_point(point, assume_finite=assume_finite)
 
     def extra_repr(self) -> str:
         return (
@@ -516,10 +516,10 @@ class TuckerConv2dAdapter(_AdapterMixin, TuckerModule):
     def _delta_base_layout(self) -> torch.Tensor:
         return self.delta_weight()
 
-    def set_point(self, point: Any) -> None:
+    def set_point(self, point: Any, *, assume_finite: bool = False) -> None:
         """See :meth:`TuckerModule.set_point`; ranks 0 allowed; not while merged."""
         self._check_not_merged()
-        super().set_point(point)
+        super().set_point(point, assume_finite=assume_finite)
 
     def extra_repr(self) -> str:
         return (

@@ -163,7 +163,9 @@ class LowRankModule(_RecordingMixin, nn.Module):
         u, s, v = self.factors()
         return FixedRankPoint(u.detach(), s.detach(), v.detach())
 
-    def _check_point(self, point: FixedRankPoint) -> tuple[torch.Tensor, ...]:
+    def _check_point(
+        self, point: FixedRankPoint, assume_finite: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         if not isinstance(point, tuple) or len(point) != 3:
             raise TypeError(f"point must be a FixedRankPoint (U, S, V), got {type(point).__name__}")
         U, S, V = point
@@ -183,10 +185,11 @@ class LowRankModule(_RecordingMixin, nn.Module):
         for name, t in zip("USV", (U, S, V)):
             if t.dtype != dtype:
                 raise TypeError(f"point.{name} must have dtype {dtype}, got {t.dtype}")
-        check_finite("point", U, S, V)
+        if not assume_finite:
+            check_finite("point", U, S, V)
         return U, S, V
 
-    def set_point(self, point: FixedRankPoint) -> None:
+    def set_point(self, point: FixedRankPoint, *, assume_finite: bool = False) -> None:
         """Replace the factors by ``point`` (any rank ``0 ≤ r ≤ max_rank``).
 
         Validates shapes, dtype and finiteness first (nothing changes on error), then
@@ -195,8 +198,13 @@ class LowRankModule(_RecordingMixin, nn.Module):
         ``.grad`` and :attr:`projected_grads`. Orthonormality of ``U``, ``V`` is the
         caller's responsibility (not checked: it would cost ``O((m+n) r²)``).
         Cost ``O((m + n) r + r²)``.
+
+        ``assume_finite=True`` skips the finiteness check (one host synchronisation per
+        factor) for a caller that has already checked, as the optimizers of
+        :mod:`manifold_lowrank.optim` do for all layers at once. A subclass overriding
+        this method must accept the keyword.
         """
-        new = self._check_point(point)
+        new = self._check_point(point, assume_finite)
         for p, t in zip(self.factors(), new):
             replace_data(p, new_like(p, t))
             p.grad = None
@@ -319,7 +327,9 @@ class TuckerModule(_RecordingMixin, nn.Module):
         core, fs = self.tucker_parameters()
         return TuckerPoint(core.detach(), tuple(f.detach() for f in fs))
 
-    def _check_point(self, point: TuckerPoint) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _check_point(
+        self, point: TuckerPoint, assume_finite: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not isinstance(point, tuple) or len(point) != 2:
             raise TypeError(f"point must be a TuckerPoint, got {type(point).__name__}")
         core, factors = point
@@ -346,7 +356,8 @@ class TuckerModule(_RecordingMixin, nn.Module):
                 raise TypeError(f"point.factors[{k}] must have dtype {dtype}, got {f.dtype}")
         if core.dtype != dtype:
             raise TypeError(f"point.core must have dtype {dtype}, got {core.dtype}")
-        check_finite("point", core, *factors)
+        if not assume_finite:
+            check_finite("point", core, *factors)
         factors = list(factors)
         # Full modes keep an identity factor: fold the given (square) factor into the core;
         # exact (X = C ×_k Q = (C ×_k Q) ×_k I) whatever Q is.
@@ -358,13 +369,13 @@ class TuckerModule(_RecordingMixin, nn.Module):
                 factors[k] = eye
         return core, factors
 
-    def set_point(self, point: TuckerPoint) -> None:
+    def set_point(self, point: TuckerPoint, *, assume_finite: bool = False) -> None:
         """Replace core and factors (ranks may change); see :meth:`LowRankModule.set_point`.
 
         A factor given for a full mode (square) is folded into the core so that the
         stored factor stays the identity.
         """
-        core, factors = self._check_point(point)
+        core, factors = self._check_point(point, assume_finite)
         pc, pfs = self.tucker_parameters()
         replace_data(pc, new_like(pc, core))
         pc.grad = None

@@ -522,7 +522,7 @@ class GeoLoRA(LowRankOptimizer):
                     mom = ProjectedGradients(*((1 - beta) * g for g in pg))
                 else:
                     mom = ProjectedGradients(
-                        *(beta * o + (1 - beta) * g for o, g in zip(mom_old, pg))
+                        *(torch.lerp(o, g, 1 - beta) for o, g in zip(mom_old, pg))
                     )
                 direction = mom
             else:

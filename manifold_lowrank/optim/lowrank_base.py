@@ -150,8 +150,8 @@ def transport_tangent(
     Up, Vp = new.U, new.V
     vtvp = V.transpose(0, 1) @ Vp  # r×r₊
     utup = U.transpose(0, 1) @ Up  # r×r₊
-    xv = a @ vtvp + U @ (b.transpose(0, 1) @ Vp) - U @ (c @ vtvp)
-    xtu = V @ (a.transpose(0, 1) @ Up) + b @ utup - V @ (c.transpose(0, 1) @ utup)
+    xv = a @ vtvp + U @ (b.transpose(0, 1) @ Vp - c @ vtvp)
+    xtu = b @ utup + V @ (a.transpose(0, 1) @ Up - c.transpose(0, 1) @ utup)
     return ProjectedGradients(xv, Up.transpose(0, 1) @ xv, xtu)
 
 
@@ -166,14 +166,20 @@ def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every entry of every tensor is finite, with one check (one host sync) per
     dtype/device instead of one per tensor.
 
-    The tensors are flattened and concatenated (a copy of ``Σ numel`` entries, cheap for
-    low-rank factors and gradients).
+    Fast path: the 2-norms of all tensors in one fused call (``torch._foreach_norm``,
+    what ``torch.nn.utils.clip_grad_norm_`` uses), finite iff every entry is, unless a
+    norm overflows; only then the exact check (concatenate, ``isfinite``) decides.
     """
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in tensors:
         if t.numel():
-            groups.setdefault((t.dtype, t.device), []).append(t.reshape(-1))
-    return all(bool(torch.isfinite(torch.cat(ts)).all()) for ts in groups.values())
+            groups.setdefault((t.dtype, t.device), []).append(t)
+    for ts in groups.values():
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(ts))).all()):
+            continue
+        if not bool(torch.isfinite(torch.cat([t.reshape(-1) for t in ts])).all()):
+            return False
+    return True
 
 
 def _flatten(x: Any) -> list[torch.Tensor]:
@@ -501,7 +507,8 @@ class LowRankOptimizer(torch.optim.Optimizer):
             return loss
         # commit: nothing above wrote into a layer or a state
         for i, point, new_state in updates:
-            self.layers[i].set_point(point)  # type: ignore[operator]
+            # finiteness of every result was checked above, in one pass
+            self.layers[i].set_point(point, assume_finite=True)  # type: ignore[operator]
             st = self._state_of(i)
             st.clear()
             st.update(new_state)

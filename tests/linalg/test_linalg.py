@@ -101,6 +101,25 @@ def test_rtol_rule_matches_definition(values, rtol, min_rank):
     assert r == min(max(expected, min_rank), len(s))
 
 
+@pytest.mark.parametrize(
+    "scale, dtype",
+    [(c, torch.float64) for c in (1e-300, 1e-160, 1.0, 1e160, 1e300)]
+    + [(c, d) for c in (1e-20, 1.0, 1e20) for d in (torch.float32, torch.bfloat16)],
+)
+def test_rules_are_scale_invariant_near_under_and_overflow(scale, dtype):
+    """σ and c·σ get the same rank (rtol; atol scaled along) even where σ² under- or
+    overflows in float64; float32/bfloat16 values are widened before squaring."""
+    base = [3.0, 2.0, 1.0, 0.5, 0.25, 0.0]
+    s = torch.tensor([v * scale for v in base], dtype=dtype)
+    for rtol in (0.0, 0.05, 0.2, 0.5, 0.9):
+        exp = _brute_tail_rank(base, rtol * math.hypot(*base))
+        assert select_rank(s, RankRule(rtol=rtol, min_rank=0)) == exp, rtol
+    for atol in (0.1, 0.6, 2.0):
+        exp = _brute_tail_rank(base, atol)
+        got = select_rank(s, RankRule(atol=atol * scale, min_rank=0))
+        assert got == exp, atol
+
+
 def test_rules_include_last_singular_value_and_can_keep_all():
     # the DLRT/GeoLoRA code drops the last value from the tail norm; we do not
     s = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)

@@ -234,3 +234,71 @@ def test_geolora_and_debora_take_the_history_bound_in_the_constructor():
     # both the rank history and the per-step upper-level history (with weights) are bounded
     assert len(dopt.rank_history) == 2 and len(dopt.history) == 2
     assert "weights" in dopt.history[-1]
+
+
+# ---------------------------------------------------------------------------- finiteness check
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_all_finite_is_exact_when_a_norm_overflows(dtype):
+    """The fused 2-norm check overflows for huge finite entries; the exact check decides."""
+    from manifold_lowrank.optim.lowrank_base import _all_finite
+
+    big = torch.finfo(dtype).max / 2
+    huge = torch.full((50, 7), big, dtype=dtype)  # finite, ‖·‖₂ = inf in this dtype
+    assert not torch.isfinite(torch.linalg.vector_norm(huge))
+    ok = [torch.randn(5, 3, dtype=dtype), huge, torch.empty(0, 3, dtype=dtype)]
+    assert _all_finite(ok)
+    assert _all_finite([])
+    for poison in (float("nan"), float("inf"), -float("inf")):
+        for where in range(2):
+            ts = [t.clone() for t in ok]
+            ts[where][1, 2] = poison
+            assert not _all_finite(ts)
+            # mixed dtypes: checked per group
+            assert not _all_finite([torch.ones(3, dtype=torch.float64), *ts])
+
+
+def test_optimizer_steps_through_gradients_whose_norm_overflows_in_float32():
+    """Finite float32 projected gradients with an infinite 2-norm are not a NaN skip."""
+    torch.manual_seed(0)
+    layer = LowRankLinear(8, 6, 2, max_rank=4, dtype=torch.float32)
+    opt = GeoLoRA([layer], lr=1e-3, tau=0.1, precondition="layer_rms", nan_policy="raise")
+    layer(torch.randn(3, 8)).sum().backward()
+    GV, M, GtU = layer.projected_grads
+    big = torch.finfo(torch.float32).max / 4
+    layer.set_projected_grads(type(layer.projected_grads)(GV.sign() * big, M, GtU))
+    opt.step()  # "raise" would raise FloatingPointError on a false positive
+    assert all(torch.isfinite(t).all() for t in layer.point())
+    assert opt.nan_skips == 0
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "adapter", "tucker"])
+def test_set_point_assume_finite_skips_only_the_finiteness_check(kind):
+    """``assume_finite=True`` (the optimizers' commit, after one check of all layers) still
+    validates shapes and dtypes; without it a NaN point is refused and nothing changes."""
+    torch.manual_seed(0)
+    layer = {
+        "linear": lambda: LowRankLinear(7, 5, 2, max_rank=4, dtype=F64),
+        "conv": lambda: LowRankConv2d(3, 4, 3, 2, max_rank=4, dtype=F64),
+        "adapter": lambda: LowRankAdapter(nn.Linear(7, 5).double(), 2, max_rank=4),
+        "tucker": lambda: TuckerConv2d(3, 4, 3, (2, 2, 3, 3), dtype=F64),
+    }[kind]()
+    pt = layer.point()
+    before = [t.clone() for t in (pt if kind != "tucker" else (pt.core, *pt.factors))]
+    if kind == "tucker":
+        bad = TuckerPoint(pt.core.clone().fill_(float("nan")), pt.factors)
+        wrong_shape = TuckerPoint(pt.core[:1], pt.factors)
+    else:
+        bad = FixedRankPoint(pt.U, pt.S.clone().fill_(float("nan")), pt.V)
+        wrong_shape = FixedRankPoint(pt.U[:, :1], pt.S, pt.V)
+    with pytest.raises(FloatingPointError):
+        layer.set_point(bad)
+    for assume in (False, True):
+        with pytest.raises(ValueError):
+            layer.set_point(wrong_shape, assume_finite=assume)
+    now = layer.point()
+    now = now if kind != "tucker" else (now.core, *now.factors)
+    assert all(torch.equal(a, b) for a, b in zip(now, before))
+    layer.set_point(bad, assume_finite=True)  # the caller's word is taken
+    now = layer.point()
+    core = now.core if kind == "tucker" else now.S
+    assert torch.isnan(core).all()
