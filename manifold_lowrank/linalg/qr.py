@@ -37,7 +37,7 @@ def qr_signfix(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     q, r = torch.linalg.qr(a, mode="reduced")
     d = torch.diagonal(r, dim1=-2, dim2=-1)
-    sign = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
+    sign = torch.where(d < 0, -1.0, 1.0).to(d.dtype)
     q = q * sign.unsqueeze(-2)
     r = r * sign.unsqueeze(-1)
     return q, r

@@ -292,9 +292,8 @@ def _parallel_reorth(
     r1 = select_rank(sigma, rule)
     p, qq = p[:, :r1], qh[:r1].transpose(0, 1)
     if r1 > 0:  # gauge of integrators.truncate: largest |entry| of each column of P > 0
-        idx = p.abs().argmax(dim=0)
-        sign = torch.sign(p[idx, torch.arange(r1, device=p.device)])
-        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        # (never 0: the columns have unit norm; a NaN is caught by the caller's check)
+        sign = torch.sign(p.gather(0, p.abs().argmax(dim=0, keepdim=True)))
         p, qq = p * sign, qq * sign
     return FixedRankPoint(qu @ p, torch.diag(sigma[:r1]).to(s.dtype), qv @ qq)
 
