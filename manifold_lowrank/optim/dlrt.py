@@ -119,6 +119,8 @@ from manifold_lowrank.nn.base import LowRankModule, TuckerModule
 from manifold_lowrank.optim.lowrank_base import (
     BoundedHistory,
     LowRankOptimizer,
+    _all_finite,
+    _flatten,
     check_history_maxlen,
     find_lowrank_layers,
     layer_rank,
@@ -254,32 +256,6 @@ def _factor_params(layer: nn.Module) -> list[nn.Parameter]:
         core, fs = layer.tucker_parameters()
         return [core, *fs]
     return list(layer.factors())  # type: ignore[operator]
-
-
-def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every tensor is finite: one fused max-norm per dtype and one host sync."""
-    ts = [t for t in tensors if t.numel()]
-    if not ts:
-        return True
-    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for t in ts:
-        by_dtype.setdefault((t.dtype, t.device), []).append(t)
-    flags = [
-        torch.isfinite(torch.stack(torch._foreach_norm(group, math.inf))).all()
-        for group in by_dtype.values()
-    ]
-    return bool(torch.stack(flags).all()) if len(flags) > 1 else bool(flags[0])
-
-
-def _flatten(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        out: list[torch.Tensor] = []
-        for y in x:
-            out.extend(_flatten(y))
-        return out
-    return []
 
 
 # --------------------------------------------------------------------------- optimizer

@@ -65,6 +65,7 @@ in-place writes): it returns the new point and the new state, and the base commi
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -163,23 +164,23 @@ def decay_coefficients(coef: torch.Tensor, lr: float, weight_decay: float) -> to
 
 
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every entry of every tensor is finite, with one check (one host sync) per
-    dtype/device instead of one per tensor.
-
-    Fast path: the 2-norms of all tensors in one fused call (``torch._foreach_norm``,
-    what ``torch.nn.utils.clip_grad_norm_`` uses), finite iff every entry is, unless a
-    norm overflows; only then the exact check (concatenate, ``isfinite``) decides.
+    """Whether every entry of every tensor is finite: one fused max-norm per dtype and
+    device (``torch._foreach_norm(ts, inf)``, as ``torch.nn.utils.clip_grad_norm_`` uses)
+    and one host synchronisation. ``max |x|`` of finite entries cannot overflow, and a
+    NaN or an infinity propagates into it, so the check is exact.
     """
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in tensors:
         if t.numel():
             groups.setdefault((t.dtype, t.device), []).append(t)
-    for ts in groups.values():
-        if bool(torch.isfinite(torch.stack(torch._foreach_norm(ts))).all()):
-            continue
-        if not bool(torch.isfinite(torch.cat([t.reshape(-1) for t in ts])).all()):
-            return False
-    return True
+    if not groups:
+        return True
+    flags = [
+        torch.isfinite(torch.stack(torch._foreach_norm(ts, math.inf))).all()
+        for ts in groups.values()
+    ]
+    dev = flags[0].device
+    return bool(torch.stack([f.to(dev) for f in flags]).all()) if len(flags) > 1 else bool(flags[0])
 
 
 def _flatten(x: Any) -> list[torch.Tensor]:

@@ -238,8 +238,9 @@ def test_geolora_and_debora_take_the_history_bound_in_the_constructor():
 
 # ---------------------------------------------------------------------------- finiteness check
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_all_finite_is_exact_when_a_norm_overflows(dtype):
-    """The fused 2-norm check overflows for huge finite entries; the exact check decides."""
+def test_all_finite_is_exact_when_a_2_norm_would_overflow(dtype):
+    """Huge finite entries (whose 2-norm is inf in their dtype) are finite; any NaN or
+    infinity in any tensor of any dtype group is found."""
     from manifold_lowrank.optim.lowrank_base import _all_finite
 
     big = torch.finfo(dtype).max / 2
@@ -258,7 +259,7 @@ def test_all_finite_is_exact_when_a_norm_overflows(dtype):
 
 
 def test_optimizer_steps_through_gradients_whose_norm_overflows_in_float32():
-    """Finite float32 projected gradients with an infinite 2-norm are not a NaN skip."""
+    """Finite float32 projected gradients whose 2-norm overflows are not a NaN skip."""
     torch.manual_seed(0)
     layer = LowRankLinear(8, 6, 2, max_rank=4, dtype=torch.float32)
     opt = GeoLoRA([layer], lr=1e-3, tau=0.1, precondition="layer_rms", nan_policy="raise")
