@@ -127,6 +127,13 @@ def _parse() -> argparse.Namespace:
         "--truncate-every", type=int, default=1, help="GeoLoRA: apply the τ-rule every k steps"
     )
     p.add_argument(
+        "--geolora-max-rank",
+        type=int,
+        default=32,
+        help="GeoLoRA: largest rank of a layer (default 32, the issue's; 8 = LoRA's rank, "
+        "so that no layer keeps more parameters than LoRA's)",
+    )
+    p.add_argument(
         "--geolora-precondition",
         choices=("layer_rms", "factored"),
         default="factored",
@@ -182,6 +189,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: memory probe
     p.add_argument("--probe-tau", type=float, default=0.1, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.geolora_max_rank < 8:
+        p.error(f"--geolora-max-rank must be >= 8 (the initial rank), got {a.geolora_max_rank}")
     if a.quick:
         a.seeds, a.steps, a.train_size, a.test_size, a.timing_rounds = 1, 30, 512, 256, 3
     return a
@@ -326,7 +335,7 @@ def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
 
         cfg = AdapterConfig(
             r=8,
-            max_rank=32,
+            max_rank=ARGS.geolora_max_rank,
             tau=tau,
             target_modules=TARGETS,
             dropout=0.1,
@@ -347,7 +356,7 @@ def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
             layers,
             lr=ARGS.lr_geolora * lr_scale,
             tau=tau,
-            max_rank=32,
+            max_rank=ARGS.geolora_max_rank,
             precondition=ARGS.geolora_precondition,
             momentum=0.9,
             truncate_every=ARGS.truncate_every,
@@ -361,9 +370,11 @@ def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
 
 def geo_name(tau: float) -> str:
     """Row label of a GeoLoRA run; the preconditioner is named unless it is ``layer_rms``
-    (whose records, from before ``factored`` existed, carry no suffix)."""
+    (whose records, from before ``factored`` existed, carry no suffix), the rank cap
+    unless it is the default 32."""
     pre = "" if ARGS.geolora_precondition == "layer_rms" else f" {ARGS.geolora_precondition}"
-    return f"GeoLoRA τ={tau:g}{pre}"
+    cap = "" if ARGS.geolora_max_rank == 32 else f" max {ARGS.geolora_max_rank}"
+    return f"GeoLoRA τ={tau:g}{pre}{cap}"
 
 
 def base_weight(layer: torch.nn.Module) -> torch.Tensor:
@@ -600,6 +611,8 @@ def peak_memory(methods: list[tuple[str, dict]]) -> dict[str, float]:
             str(ARGS.steps),
             "--geolora-precondition",
             ARGS.geolora_precondition,
+            "--geolora-max-rank",
+            str(ARGS.geolora_max_rank),
         ]
         if "tau" in kw:
             cmd += ["--probe-tau", str(kw["tau"])]
