@@ -10,13 +10,14 @@ Public names
     Raise a :class:`FloatingPointError` naming the argument that holds NaN/Inf.
 """
 
-from manifold_lowrank.linalg.checks import check_finite
+from manifold_lowrank.linalg.checks import all_finite, check_finite
 from manifold_lowrank.linalg.qr import augment_basis, orthonormalize, qr_signfix
 from manifold_lowrank.linalg.rank_rule import RankRule, select_rank
 from manifold_lowrank.linalg.svd import truncated_svd
 
 __all__ = [
     "RankRule",
+    "all_finite",
     "augment_basis",
     "check_finite",
     "orthonormalize",

@@ -120,7 +120,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from manifold_lowrank.linalg import qr_signfix
+from manifold_lowrank.linalg import all_finite, qr_signfix
 from manifold_lowrank.nn.debora import (
     BASES_KINDS,
     DeboraParts,
@@ -638,7 +638,7 @@ class DEBORA(LowRankOptimizer):
             if gp is None:
                 continue
             _, gb, gsh = gp
-            if not all(bool(torch.isfinite(g).all()) for g in (*gb, *gsh)):
+            if not all_finite((*gb, *gsh)):
                 bad.append(self.layer_names[i])
                 continue
             st = self._state_of(i)
@@ -654,7 +654,7 @@ class DEBORA(LowRankOptimizer):
                 Y, ns = self._lower_update(X, g, kind, st, f"sh{k}", lr)
                 new_sh.append(Y)
                 new_state.update(ns)
-            if not all(bool(torch.isfinite(t).all()) for t in (*new_b, *new_sh)):
+            if not all_finite((*new_b, *new_sh)):
                 bad.append(self.layer_names[i])
                 continue
             new_state["lower_t"] = int(st.get("lower_t", 0)) + 1

@@ -108,7 +108,7 @@ from manifold_lowrank.integrators import (
     tucker_parallel,
     tucker_truncate,
 )
-from manifold_lowrank.linalg import RankRule, augment_basis
+from manifold_lowrank.linalg import RankRule, all_finite, augment_basis
 from manifold_lowrank.manifolds.types import (
     FixedRankPoint,
     ProjectedGradients,
@@ -119,7 +119,6 @@ from manifold_lowrank.nn.base import LowRankModule, TuckerModule
 from manifold_lowrank.optim.lowrank_base import (
     BoundedHistory,
     LowRankOptimizer,
-    _all_finite,
     _flatten,
     check_history_maxlen,
     find_lowrank_layers,
@@ -907,7 +906,7 @@ class DLRT(LowRankOptimizer):
         return [
             n
             for n, g in zip(self.layer_names, grads)
-            if g is not None and not _all_finite(_flatten(g))
+            if g is not None and not all_finite(_flatten(g))
         ]
 
     def _dense_grads(self) -> list[torch.Tensor]:
@@ -975,7 +974,7 @@ class DLRT(LowRankOptimizer):
                 grads.append(layer.projected_grads)  # type: ignore[attr-defined]
             else:
                 grads.append(self._coef(layer).grad)
-        if not _all_finite([t for g in grads for t in _flatten(g)] + self._dense_grads()):
+        if not all_finite([t for g in grads for t in _flatten(g)] + self._dense_grads()):
             bad = self._nonfinite_layers(grads)
             self._handle_nonfinite(bad or ["<dense parameters>"], "gradients")
             return loss
@@ -1005,7 +1004,7 @@ class DLRT(LowRankOptimizer):
                 new, st = self._truncate_layer(layer, self.param_groups[i], st, point)
                 truncated = True
             updates.append((i, new, st))
-        finite = _all_finite(
+        finite = all_finite(
             [t for _, new, _ in updates for t in _flatten(new)] + [new for _, new, _ in dense]
         )
         if not finite:
@@ -1101,7 +1100,7 @@ class DLRT(LowRankOptimizer):
             state = dict(self._state_of(i))
             if coef.grad is None or not state.get("augmented", False):
                 continue
-            if not _all_finite([coef.grad]):
+            if not all_finite([coef.grad]):
                 self._handle_nonfinite([self.layer_names[i]], "S-pass gradients")
                 self._configure_layers()
                 return loss
@@ -1110,7 +1109,7 @@ class DLRT(LowRankOptimizer):
             point = _with_coefficients(layer, S_new)
             updates.append((i, *self._truncate_layer(layer, self.param_groups[i], state, point)))
         dense = self._dense_updates()
-        if not _all_finite(
+        if not all_finite(
             [t for _, p, _ in updates for t in _flatten(p)] + [n for _, n, _ in dense]
         ):
             self._handle_nonfinite([self.layer_names[i] for i, _, _ in updates], "update")

@@ -65,7 +65,6 @@ in-place writes): it returns the new point and the new state, and the base commi
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -73,6 +72,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from manifold_lowrank.linalg import all_finite
 from manifold_lowrank.manifolds.types import FixedRankPoint, ProjectedGradients
 from manifold_lowrank.nn.base import LowRankModule, TuckerModule
 
@@ -161,26 +161,6 @@ def decay_coefficients(coef: torch.Tensor, lr: float, weight_decay: float) -> to
     if weight_decay == 0.0:
         return coef
     return coef * (1.0 - lr * weight_decay)
-
-
-def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every entry of every tensor is finite: one fused max-norm per dtype and
-    device (``torch._foreach_norm(ts, inf)``, as ``torch.nn.utils.clip_grad_norm_`` uses)
-    and one host synchronisation. ``max |x|`` of finite entries cannot overflow, and a
-    NaN or an infinity propagates into it, so the check is exact.
-    """
-    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for t in tensors:
-        if t.numel():
-            groups.setdefault((t.dtype, t.device), []).append(t)
-    if not groups:
-        return True
-    flags = [
-        torch.isfinite(torch.stack(torch._foreach_norm(ts, math.inf))).all()
-        for ts in groups.values()
-    ]
-    dev = flags[0].device
-    return bool(torch.stack([f.to(dev) for f in flags]).all()) if len(flags) > 1 else bool(flags[0])
 
 
 def _flatten(x: Any) -> list[torch.Tensor]:
@@ -483,8 +463,8 @@ class LowRankOptimizer(torch.optim.Optimizer):
             )
         flat = [_flatten(pg) if pg is not None else [] for pg in pgs]
         bad = []
-        if not _all_finite(t for f in flat for t in f):  # one check for all layers
-            bad = [n for n, f in zip(self.layer_names, flat) if not _all_finite(f)]
+        if not all_finite(t for f in flat for t in f):  # one check for all layers
+            bad = [n for n, f in zip(self.layer_names, flat) if not all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "projected gradients")
             return loss
@@ -501,8 +481,8 @@ class LowRankOptimizer(torch.optim.Optimizer):
                 continue
             updates.append((i, point, new_state))
         new_flat = [_flatten(tuple(pt)) for _, pt, _ in updates]
-        if not _all_finite(t for f in new_flat for t in f):  # one check for all
-            bad += [self.layer_names[u[0]] for u, f in zip(updates, new_flat) if not _all_finite(f)]
+        if not all_finite(t for f in new_flat for t in f):  # one check for all
+            bad += [self.layer_names[u[0]] for u, f in zip(updates, new_flat) if not all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "update")
             return loss

@@ -105,6 +105,7 @@ from typing import Any
 import geoopt
 import torch
 
+from manifold_lowrank.linalg import all_finite
 from manifold_lowrank.manifolds.fixed_rank import FixedRank
 from manifold_lowrank.manifolds.tucker import Tucker
 
@@ -258,15 +259,6 @@ class _RiemannianOptimizer(torch.optim.Optimizer):
                 out.append((group, p))
         return out
 
-    @staticmethod
-    def _all_finite(active: list[tuple[dict[str, Any], torch.Tensor]]) -> bool:
-        """One reduction per gradient, one host synchronisation in total."""
-        if not active:
-            return True
-        flags = [torch.isfinite(p.grad).all() for _, p in active]
-        dev = flags[0].device
-        return bool(torch.stack([f.to(dev) for f in flags]).all())
-
     def _handle_nonfinite(self) -> None:
         """Slow path after a failed check: raise for a ``"raise"`` group, else skip.
 
@@ -328,7 +320,7 @@ class _RiemannianOptimizer(torch.optim.Optimizer):
         active = self._active()
         for group in self.param_groups:  # lr may have been changed by a scheduler
             _check_decay_factor(group)
-        if not self._all_finite(active):
+        if not all_finite(p.grad for _, p in active):
             self._handle_nonfinite()  # raises, or falls through to skip the whole step
             return loss
         for group, p in active:

@@ -177,3 +177,15 @@ def test_check_finite():
     check_finite("x", torch.ones(3))
     with pytest.raises(FloatingPointError, match="grad contains NaN"):
         check_finite("grad", torch.ones(2), torch.tensor([float("nan")]))
+
+
+def test_all_finite_skips_integer_tensors_and_check_finite_uses_it():
+    from manifold_lowrank.linalg import all_finite, check_finite
+
+    ints = [torch.arange(4), torch.tensor([True, False]), torch.empty(0)]
+    assert all_finite(ints)
+    bad = torch.tensor([1.0, float("nan")], dtype=torch.float64)
+    assert not all_finite([*ints, bad])
+    check_finite("x", *ints, torch.ones(3))
+    with pytest.raises(FloatingPointError, match="x contains NaN or Inf"):
+        check_finite("x", torch.ones(3), bad)

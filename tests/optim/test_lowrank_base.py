@@ -241,7 +241,7 @@ def test_geolora_and_debora_take_the_history_bound_in_the_constructor():
 def test_all_finite_is_exact_when_a_2_norm_would_overflow(dtype):
     """Huge finite entries (whose 2-norm is inf in their dtype) are finite; any NaN or
     infinity in any tensor of any dtype group is found."""
-    from manifold_lowrank.optim.lowrank_base import _all_finite
+    from manifold_lowrank.linalg import all_finite as _all_finite
 
     big = torch.finfo(dtype).max / 2
     huge = torch.full((50, 7), big, dtype=dtype)  # finite, ‖·‖₂ = inf in this dtype
