@@ -134,6 +134,14 @@ def _parse() -> argparse.Namespace:
         "so that no layer keeps more parameters than LoRA's)",
     )
     p.add_argument(
+        "--geolora-budget",
+        type=float,
+        default=None,
+        help="GeoLoRA: global limit on the adapter parameters, as a fraction of LoRA r=8's "
+        "(Σ 8(m+n) over the adapted layers); ranks are allocated across layers "
+        "(GeoLoRA(budget=...)). Default: no limit",
+    )
+    p.add_argument(
         "--geolora-precondition",
         choices=("layer_rms", "factored"),
         default="factored",
@@ -191,6 +199,8 @@ def _parse() -> argparse.Namespace:
     a = p.parse_args()
     if a.geolora_max_rank < 8:
         p.error(f"--geolora-max-rank must be >= 8 (the initial rank), got {a.geolora_max_rank}")
+    if a.geolora_budget is not None and not 0 < a.geolora_budget <= 10:
+        p.error(f"--geolora-budget must be in (0, 10], got {a.geolora_budget}")
     if a.quick:
         a.seeds, a.steps, a.train_size, a.test_size, a.timing_rounds = 1, 30, 512, 256, 3
     return a
@@ -352,8 +362,13 @@ def _make_run(method: str, seed: int, lr_scale: float, tau: float) -> Run:
                 }
                 for n, m in model.adapter_layers().items()
             ]
+        budget = None
+        if ARGS.geolora_budget is not None:  # a fraction of LoRA r=8's Σ 8(m + n)
+            lora = sum(8 * sum(m.matrix_shape) for m in model.adapter_layers().values())
+            budget = int(ARGS.geolora_budget * lora)
         geo = GeoLoRA(
             layers,
+            budget=budget,
             lr=ARGS.lr_geolora * lr_scale,
             tau=tau,
             max_rank=ARGS.geolora_max_rank,
@@ -374,6 +389,8 @@ def geo_name(tau: float) -> str:
     unless it is the default 32."""
     pre = "" if ARGS.geolora_precondition == "layer_rms" else f" {ARGS.geolora_precondition}"
     cap = "" if ARGS.geolora_max_rank == 32 else f" max {ARGS.geolora_max_rank}"
+    if ARGS.geolora_budget is not None:
+        cap += f" budget {ARGS.geolora_budget:g}"
     return f"GeoLoRA τ={tau:g}{pre}{cap}"
 
 
@@ -494,14 +511,36 @@ def one_step(run: Run, x: dict[str, torch.Tensor], y: torch.Tensor, rss: list[in
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, data: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+def correctness(
+    model: torch.nn.Module, data: dict[str, torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor:
+    """Boolean vector: is the prediction for each test snippet right?"""
     model.eval()
-    correct = 0
+    out = []
     for i in range(0, len(labels), 128):
         sl = slice(i, i + 128)
         logits = model(**take(data, sl)).logits
-        correct += int((logits.argmax(-1) == labels[sl]).sum())
-    return correct / len(labels)
+        out.append(logits.argmax(-1) == labels[sl])
+    return torch.cat(out)
+
+
+def accuracy(model: torch.nn.Module, data: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+    return float(correctness(model, data, labels).double().mean())
+
+
+def pack_bits(ok: torch.Tensor) -> str:
+    """A correctness vector as a hex string (bit ``i`` of the packed bytes, little-endian
+    within a byte, is snippet ``i``): paired comparisons of two runs need it."""
+    import numpy as np
+
+    return np.packbits(ok.numpy().astype(np.uint8), bitorder="little").tobytes().hex()
+
+
+def unpack_bits(hexstr: str, n: int) -> torch.Tensor:
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(hexstr), np.uint8), bitorder="little")
+    return torch.from_numpy(bits[:n].astype(bool))
 
 
 def train(run: Run, data: dict[str, torch.Tensor], labels: torch.Tensor, seed: int) -> dict:
@@ -680,6 +719,21 @@ def run_record(run: Run, seed: int, acc: float, info: dict, lr_scale: float = 1.
     }
 
 
+#: the earlier protocol's test set: the first 1000 of the (fixed-order) test snippets
+PREFIX = 1000
+
+
+def test_record(ok: torch.Tensor) -> dict:
+    """Per-run test details: the test size, the packed correctness vector (for paired
+    comparisons between runs on the same snippets) and, for a test set larger than
+    :data:`PREFIX`, the accuracy on its first ``PREFIX`` snippets — the test set of the
+    earlier protocol (``--test-size 1000``), so those results can be checked."""
+    rec: dict = {"n_test": len(ok), "correct": pack_bits(ok)}
+    if len(ok) > PREFIX:
+        rec["acc_prefix"] = float(ok[:PREFIX].double().mean())
+    return rec
+
+
 def timing_phase(timing_runs: dict[str, Run], xb: dict, yb: torch.Tensor) -> dict:
     """Round-robin: one step of each method in turn on the same batch, repeated."""
     times: dict[str, list[float]] = {n: [] for n in timing_runs}
@@ -777,6 +831,7 @@ def print_tables(records: list[dict]) -> None:
             f"  {n:<24} per seed {accs}; train-loop median s/step "
             f"{statistics.median(r['train_step'] for r in by[n]):.3f}"
         )
+    print_paired(runs, names)
     rob = [r for r in records if r["kind"] == "run" and r["seed"] == 0]
     rob_names = [n for n in names if any(r["lr_scale"] != 1.0 and r["name"] == n for r in rob)]
     if not rob_names:
@@ -797,6 +852,63 @@ def print_tables(records: list[dict]) -> None:
         "NaN losses: training steps whose loss was NaN/Inf; skipped: steps GeoLoRA skipped "
         "by its NaN policy (nothing written); change: ‖ΔW‖_F/‖W₀‖_F over the adapted layers "
         "(nan: not recorded)."
+    )
+
+
+def print_paired(runs: list[dict], names: list[str], ref: str = "LoRA r=8") -> None:
+    """Each method minus ``ref`` on the same seeds (same batches, same test snippets).
+
+    Per seed: the accuracy difference ``d``, and from the correctness vectors the numbers
+    ``b`` (method right, ``ref`` wrong) and ``c`` (the reverse) of disagreements; the
+    test-sampling standard error of ``d`` is ``√(b + c − (b − c)²/N) / N`` (McNemar's
+    paired proportions). Over seeds: the mean of ``d`` ± its standard error (between
+    seeds), the seeds ahead/tied/behind, and the parameters relative to ``ref``.
+    """
+    base = {r["seed"]: r for r in runs if r["name"] == ref}
+    if not base:
+        return
+    print(f"\n== paired with {ref} (same seeds, batches and test snippets; points) ==")
+    print(
+        f"{'method':<24} {'seeds':>5} {'mean diff':>16} {'ahead/tie/behind':>16} "
+        f"{'test SE/seed':>12} {'params':>7}  per seed"
+    )
+    for n in names:
+        if n == ref:
+            continue
+        pairs = [
+            (r, b)
+            for r in runs
+            if r["name"] == n
+            and (b := base.get(r["seed"])) is not None
+            and r.get("n_test") == b.get("n_test")
+        ]
+        if not pairs:
+            continue
+        d = [100 * (r["acc"] - b["acc"]) for r, b in pairs]
+        ses = []
+        for r, b in pairs:
+            if "correct" in r and "correct" in b:
+                nt = r["n_test"]
+                x, y = unpack_bits(r["correct"], nt), unpack_bits(b["correct"], nt)
+                bb, cc = int((x & ~y).sum()), int((~x & y).sum())
+                ses.append(100 * math.sqrt(max(bb + cc - (bb - cc) ** 2 / nt, 0.0)) / nt)
+        mean = statistics.mean(d)
+        se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        ahead = sum(x > 0 for x in d)
+        tie = sum(x == 0 for x in d)
+        ratio = statistics.mean(r["trainable"] for r, _ in pairs) / statistics.mean(
+            b["trainable"] for _, b in pairs
+        )
+        tse = f"{statistics.mean(ses):.2f}" if ses else "-"
+        per = ", ".join(f"s{r['seed']}:{x:+.2f}" for (r, _), x in zip(pairs, d))
+        print(
+            f"{n:<24} {len(d):>5} {f'{mean:+.3f} ± {se:.3f}':>16} "
+            f"{f'{ahead}/{tie}/{len(d) - ahead - tie}':>16} {tse:>12} {100 * ratio:6.1f}%  {per}"
+        )
+    print(
+        "mean diff: mean over seeds ± its standard error (between seeds); test SE/seed: the "
+        "test-sampling standard error of one seed's difference (McNemar, from the "
+        "disagreements); params: trainable parameters relative to the reference."
     )
 
 
@@ -840,11 +952,14 @@ def main() -> None:
                 print(f"trained {run.name} for {ARGS.steps} steps", flush=True)
                 timing_runs[run.name] = run
                 continue
-            acc = accuracy(run.model, test_data, test_y)
+            ok = correctness(run.model, test_data, test_y)
+            acc = float(ok.double().mean())
             rec = run_record(run, seed, acc, info)
+            rec.update(test_record(ok))
             emit(rec, records)
+            prefix = f" (first {PREFIX}: {rec['acc_prefix']:.4f})" if "acc_prefix" in rec else ""
             print(
-                f"seed {seed} {run.name:<14} acc {acc:.4f} loss {info['final_loss']:.3f} "
+                f"seed {seed} {run.name:<14} acc {acc:.4f}{prefix} loss {info['final_loss']:.3f} "
                 f"ranks {rec['ranks']} {change_summary(rec)} NaN {run.nan_losses} "
                 f"wall {info['wall']:.0f}s",
                 flush=True,

@@ -106,6 +106,26 @@ Options beyond the paper
     the three projections with ``r × r`` products only (:func:`rescaled_tangent`), cost
     ``O((m+n) r²)``; the state adds ``m + n`` numbers per layer. Matrix adapters only.
 
+``budget = B``
+    A global limit on the adapter parameters, ``Σ_l r_l (m_l + n_l) + r_l² ≤ B`` (``U``,
+    ``V`` and the core of every matrix layer), enforced after every step. Each layer
+    first takes its step with its own τ-rule and ``max_rank`` (rank ``r̄_l``, singular
+    values ``σ^{(l)}`` of its new core); if the total cost exceeds ``B``, the ranks are
+    lowered by :class:`~manifold_lowrank.integrators.GlobalBudget` (``unit="params"``),
+    which keeps the globally largest singular values that fit (``normalize="none"`` for
+    an integer ``B``: the step of every layer has the same Frobenius length under
+    ``"layer_rms"``/``"factored"``, so raw singular values are comparable; pass a
+    :class:`~manifold_lowrank.integrators.GlobalBudget` to choose otherwise). Layer
+    ``l`` keeps ``r_l ≤ r̄_l`` leading singular triplets, which is the best rank-``r_l``
+    approximation of its τ-step (Eckart–Young), and its momentum is cut to the first
+    ``r_l`` columns — exactly the projection transport to the smaller tangent space
+    (it is a subspace of the larger one). Ranks are thus *allocated across layers* by
+    the size of what each layer has learnt, as AdaLoRA's budget does, but by truncation
+    (memory is freed) and with a hard bound instead of a schedule. When the budget is
+    not binding the step is exactly the τ-step. Matrix layers only; cost
+    ``O(P log P)`` for ``P`` singular values in total, plus an SVD of the core of a
+    layer whose core is not diagonal (only after a step without truncation).
+
 Tucker adapters (:class:`~manifold_lowrank.nn.TuckerConv2dAdapter`) use the Tucker
 version of the parallel integrator
 (:func:`~manifold_lowrank.integrators.tucker_parallel`); their momentum is core state
@@ -115,6 +135,7 @@ transported by ``M ← M ×_k (U_{k,+}ᵀ U_k)``. The matrix step is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -122,7 +143,9 @@ import torch
 from torch import nn
 
 from manifold_lowrank.integrators import (
+    GlobalBudget,
     parallel,
+    parameter_count,
     reorthonormalize,
     reorthonormalize_tucker,
     tucker_parallel,
@@ -411,6 +434,12 @@ class GeoLoRA(LowRankOptimizer):
     weight_decay : float
         Decoupled decay of ``S`` only: ``S ← (1 − lr·wd) S`` before the step. With
         ``"layer_rms"`` and ``"factored"`` the decay uses ``lr`` as given.
+    budget : int or GlobalBudget or None
+        Global limit on the adapter parameters ``Σ r(m + n) + r²`` of all layers after
+        every step (see the module docstring); an integer ``B ≥ 0`` means
+        ``GlobalBudget(B, unit="params", normalize="none", min_rank=min_rank)``. It must
+        cover every layer at its minimal rank. ``None`` (default): no limit. Matrix
+        layers only.
     nan_policy : {"skip", "raise"}
         See :class:`~manifold_lowrank.optim.lowrank_base.LowRankOptimizer`.
     rank_history_maxlen : int or None
@@ -439,6 +468,7 @@ class GeoLoRA(LowRankOptimizer):
         beta2: float = 0.999,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        budget: int | GlobalBudget | None = None,
         nan_policy: str = "skip",
         record_history: bool = True,
         rank_history_maxlen: int | None = None,
@@ -468,6 +498,97 @@ class GeoLoRA(LowRankOptimizer):
         for name, layer, g in zip(self.layer_names, self.layers, self.param_groups):
             if g["precondition"] == "factored" and isinstance(layer, TuckerModule):
                 raise ValueError(f"layer {name!r}: {_FACTORED_TUCKER}")
+        self.budget = self._check_budget(budget, min_rank)
+
+    def _check_budget(self, budget: object, min_rank: int) -> GlobalBudget | None:
+        if budget is None:
+            return None
+        if isinstance(budget, GlobalBudget):
+            if budget.unit != "params":
+                raise ValueError(
+                    f"budget must count parameters (GlobalBudget(unit='params')), got "
+                    f"unit={budget.unit!r}"
+                )
+            gb = budget
+        elif isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise ValueError(
+                f"budget must be None, an integer >= 0 or a GlobalBudget, got {budget!r}"
+            )
+        else:
+            gb = GlobalBudget(int(budget), unit="params", normalize="none", min_rank=min_rank)
+        tucker = [n for n, la in zip(self.layer_names, self.layers) if isinstance(la, TuckerModule)]
+        if tucker:
+            raise ValueError(
+                f"budget is defined for matrix layers only; layer {tucker[0]!r} is a Tucker "
+                "layer (optimise it with a separate GeoLoRA without a budget)"
+            )
+        floor = sum(
+            parameter_count(tuple(la.matrix_shape), min(gb.min_rank, *la.matrix_shape))  # type: ignore[attr-defined]
+            for la in self.layers
+        )
+        if gb.budget < floor:
+            raise ValueError(
+                f"budget ({gb.budget}) is smaller than the parameters of every layer at rank "
+                f"{gb.min_rank} ({floor}); the valid range is budget >= {floor}"
+            )
+        return gb
+
+    def _finalize_updates(
+        self, updates: list[tuple[int, Any, dict[str, Any]]], global_step: int
+    ) -> list[tuple[int, Any, dict[str, Any]]]:
+        """Lower the ranks of the new points to the global :attr:`budget` (if any)."""
+        if self.budget is None:
+            return updates
+        changing = {i for i, _, _ in updates}
+        fixed = sum(
+            parameter_count(tuple(la.matrix_shape), int(la.rank))  # type: ignore[attr-defined]
+            for j, la in enumerate(self.layers)
+            if j not in changing
+        )
+        shapes = [tuple(self.layers[i].matrix_shape) for i, _, _ in updates]  # type: ignore[attr-defined]
+        ranks = [int(pt.S.shape[0]) for _, pt, _ in updates]
+        total = fixed + sum(parameter_count(sh, r) for sh, r in zip(shapes, ranks))
+        if total <= self.budget.budget:
+            return updates
+        remaining = self.budget.budget - fixed
+        if remaining < 0:
+            raise ValueError(
+                f"budget ({self.budget.budget}) is smaller than the parameters of the layers "
+                f"without gradients in this step ({fixed}); nothing was modified"
+            )
+        out = []
+        diag = []
+        for i, pt, st in updates:
+            S = pt.S
+            if S.shape[0] > 1 and bool((S - torch.diag_embed(torch.diagonal(S))).any()):
+                # a core that is not diagonal (a step without truncation): rotate to its SVD
+                p, sig, qh = torch.linalg.svd(S)
+                q = qh.transpose(0, 1)
+                pt = FixedRankPoint(pt.U @ p, torch.diag(sig).to(S.dtype), pt.V @ q)
+                if "momentum_GV" in st:
+                    st = dict(st)
+                    st["momentum_GV"] = st["momentum_GV"] @ q
+                    st["momentum_UtGV"] = p.transpose(0, 1) @ st["momentum_UtGV"] @ q
+                    st["momentum_GtU"] = st["momentum_GtU"] @ p
+            out.append((i, pt, st))
+            diag.append(torch.diagonal(pt.S).abs())
+        try:
+            alloc = dataclasses.replace(self.budget, budget=remaining).allocate(
+                diag, shapes=shapes, max_ranks=ranks
+            )
+        except ValueError as e:
+            raise ValueError(f"{e}; nothing was modified") from e
+        result = []
+        for (i, pt, st), r in zip(out, alloc):
+            if r < int(pt.S.shape[0]):
+                pt = FixedRankPoint(pt.U[:, :r], pt.S[:r, :r], pt.V[:, :r])
+                if "momentum_GV" in st:  # projection transport to the smaller tangent space
+                    st = dict(st)
+                    st["momentum_GV"] = st["momentum_GV"][:, :r]
+                    st["momentum_UtGV"] = st["momentum_UtGV"][:r, :r]
+                    st["momentum_GtU"] = st["momentum_GtU"][:, :r]
+            result.append((i, pt, st))
+        return result
 
     # ------------------------------------------------------------------ rules
     def _rule(

@@ -418,6 +418,18 @@ class LowRankOptimizer(torch.optim.Optimizer):
         """Return ``(new point, new state entries)`` for one layer. Must not write."""
         raise NotImplementedError
 
+    def _finalize_updates(
+        self, updates: list[tuple[int, Any, dict[str, Any]]], global_step: int
+    ) -> list[tuple[int, Any, dict[str, Any]]]:
+        """Hook between the per-layer updates and the commit: a decision that needs every
+        layer's result (e.g. a rank budget shared by all layers) goes here.
+
+        ``updates`` holds ``(layer index, new point, new state)`` of every layer that is
+        about to change. Must not write into a layer or a state (the base checks the
+        returned points and commits them). Default: unchanged.
+        """
+        return updates
+
     def _handle_nonfinite(self, names: list[str], what: str) -> None:
         msg = (
             f"{type(self).__name__}: non-finite {what} in layer(s) {names[:5]}"
@@ -480,6 +492,8 @@ class LowRankOptimizer(torch.optim.Optimizer):
                 bad.append(self.layer_names[i])
                 continue
             updates.append((i, point, new_state))
+        if not bad:
+            updates = self._finalize_updates(updates, t)
         new_flat = [_flatten(tuple(pt)) for _, pt, _ in updates]
         if not all_finite(t for f in new_flat for t in f):  # one check for all
             bad += [self.layer_names[u[0]] for u, f in zip(updates, new_flat) if not all_finite(f)]

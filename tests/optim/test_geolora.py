@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manifold_lowrank.integrators import tucker_parallel
+from manifold_lowrank.integrators import GlobalBudget, parameter_count, tucker_parallel
 from manifold_lowrank.linalg import RankRule
 from manifold_lowrank.manifolds.types import FixedRankPoint, ProjectedGradients, TuckerPoint
 from manifold_lowrank.nn.adapters import (
@@ -395,7 +395,7 @@ def test_truncate_every_k():
 def test_orthonormality_over_a_long_float32_run():
     torch.manual_seed(0)
     base = nn.Linear(24, 32)
-    ad = LowRankAdapter(base, 4, max_rank=16, generator=torch.Generator().manual_seed(0))
+    ad = LowRankAdapter(base, 4, max_rank=None, generator=torch.Generator().manual_seed(0))
     opt = GeoLoRA(ad, lr=0.02, tau=0.05, max_rank=16, momentum=0.9)
     x = torch.randn(64, 24)
     y = torch.randn(64, 32)
@@ -599,3 +599,221 @@ def test_step_on_a_merged_adapter_is_refused():
         opt.step()
     ad.unmerge()
     assert all(torch.equal(a, b) for a, b in zip(ad.point(), before))
+
+
+# ----------------------------------------------------------------------------- budget
+def _pair(seed=30):
+    """Two adapters of different shapes (their own data), full-rank cores at rank 3."""
+    return [
+        _linear_adapter(m=12, n=9, r=3, seed=seed),
+        _linear_adapter(m=8, n=14, r=3, seed=seed + 1),
+    ]
+
+
+def _cost(ads):
+    return sum(parameter_count(ad.matrix_shape, ad.rank) for ad in ads)
+
+
+@pytest.mark.parametrize("budget", [60, 140, 230])
+def test_budget_keeps_the_globally_largest_singular_values(budget):
+    """Each layer ends at the best rank-r_l approximation of its τ-step Y_l = X_l − λ P_T(G_l),
+    with (r_l) the allocation of GlobalBudget over the singular values of all Y_l (float64)."""
+    pairs = _pair()
+    lr = 0.05
+    ys = []
+    for ad, x, y in pairs:
+        U, S, V, G = _dense_grad(ad, x, y)
+        ys.append(U @ S @ V.T - lr * _proj(U, V, G))
+    sv = [torch.linalg.svdvals(Y) for Y in ys]
+    free = [int((s > 1e-10 * s[0]).sum()) for s in sv]  # the τ = 0 ranks (≤ 2r)
+    shapes = [ad.matrix_shape for ad, _, _ in pairs]
+    if sum(parameter_count(sh, r) for sh, r in zip(shapes, free)) <= budget:
+        expected = free
+    else:
+        expected = GlobalBudget(budget, unit="params", normalize="none").allocate(
+            sv, shapes=shapes, max_ranks=free
+        )
+    ads = [ad for ad, _, _ in pairs]
+    opt = GeoLoRA(ads, lr=lr, tau=0.0, max_rank=8, budget=budget)
+    for ad, x, y in pairs:
+        _backward(ad, x, y)
+    opt.step()
+    assert [ad.rank for ad in ads] == expected
+    assert _cost(ads) <= budget
+    for ad, Y, r in zip(ads, ys, expected):
+        u, s, vh = torch.linalg.svd(Y)
+        best = u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
+        assert torch.allclose(_dense(ad), best, rtol=0, atol=1000 * EPS * float(s[0]))
+        Un, Sn, Vn = ad.point()
+        assert torch.equal(Sn, torch.diag(torch.diagonal(Sn)))
+        assert torch.allclose(Un.T @ Un, torch.eye(r, dtype=D), atol=100 * EPS)
+        assert torch.allclose(Vn.T @ Vn, torch.eye(r, dtype=D), atol=100 * EPS)
+
+
+def test_budget_binding_case_is_exercised():
+    """The allocation of the middle budget above really cuts (it is not the τ = 0 step)."""
+    pairs = _pair()
+    free_cost = 0
+    for ad, x, y in pairs:
+        U, S, V, G = _dense_grad(ad, x, y)
+        s = torch.linalg.svdvals(U @ S @ V.T - 0.05 * _proj(U, V, G))
+        free_cost += parameter_count(ad.matrix_shape, int((s > 1e-10 * s[0]).sum()))
+    assert free_cost > 140
+
+
+@pytest.mark.parametrize("precondition", ["none", "layer_rms", "factored"])
+def test_budget_that_does_not_bind_changes_nothing(precondition):
+    """With a budget above every reachable cost the iterates are bit-identical."""
+    runs = []
+    for budget in (None, 10**6):
+        pairs = _pair(seed=40)
+        ads = [ad for ad, _, _ in pairs]
+        opt = GeoLoRA(
+            ads,
+            lr=0.05,
+            tau=0.1,
+            max_rank=6,
+            momentum=0.9,
+            precondition=precondition,
+            budget=budget,
+        )
+        for _ in range(5):
+            for ad, x, y in pairs:
+                _backward(ad, x, y)
+            opt.step()
+        runs.append(([t.clone() for ad in ads for t in ad.point()], opt.state_dict()["state"]))
+    (pa, sa), (pb, sb) = runs
+    assert all(torch.equal(a, b) for a, b in zip(pa, pb))
+    for k in sa:
+        for key in sa[k]:
+            a, b = sa[k][key], sb[k][key]
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_budget_cuts_the_momentum_by_the_projection_transport():
+    """The momentum kept for a layer whose rank the budget lowered is P_{T₊}(ξ) at the
+    point actually committed (dense float64 check of the three stored projections)."""
+    pairs = _pair(seed=50)
+    ads = [ad for ad, _, _ in pairs]
+    opt = GeoLoRA(ads, lr=0.05, tau=0.0, max_rank=8, momentum=0.9, budget=140)
+    olds, grads = [], []
+    for ad, x, y in pairs:
+        U, _, V, G = _dense_grad(ad, x, y)
+        olds.append((U, V))
+        grads.append(G)
+        _backward(ad, x, y)
+    opt.step()
+    assert _cost(ads) <= 140
+    for i, (ad, (U, V), G) in enumerate(zip(ads, olds, grads)):
+        xi = _proj(U, V, G)  # the first momentum is the Riemannian gradient (β-free start)
+        U1, _, V1 = ad.point()
+        st = opt._state_of(i)
+        scale = 1000 * EPS * float(G.abs().max())
+        assert torch.allclose(st["momentum_GV"], xi @ V1, atol=scale * 10)
+        assert torch.allclose(st["momentum_GtU"], xi.T @ U1, atol=scale * 10)
+        assert torch.allclose(st["momentum_UtGV"], U1.T @ xi @ V1, atol=scale * 10)
+
+
+def test_budget_rotates_a_core_that_is_not_diagonal():
+    """After a step without τ-truncation the core may be full: the cut then keeps the
+    leading singular triplets of the layer, i.e. its best approximation (float64)."""
+    pairs = _pair(seed=60)
+    ads = [ad for ad, _, _ in pairs]
+    opt = GeoLoRA(ads, lr=0.05, tau=0.0, max_rank=8, momentum=0.5, budget=140)
+    ys = []
+    for ad, x, y in pairs:
+        U, S, V, G = _dense_grad(ad, x, y)
+        ys.append(U @ S @ V.T - 0.05 * _proj(U, V, G))
+        _backward(ad, x, y)
+    # a new point with a full core and the same matrix (the hook sees it as it is)
+    updates = []
+    g = torch.Generator().manual_seed(61)
+    for i, Y in enumerate(ys):
+        u, s, vh = torch.linalg.svd(Y, full_matrices=False)
+        k = int((s > 1e-10 * s[0]).sum())
+        q1, q2 = _orth(k, k, g), _orth(k, k, g)
+        S_full = q1.T @ torch.diag(s[:k]) @ q2
+        pt = FixedRankPoint(u[:, :k] @ q1, S_full, vh[:k].T @ q2)
+        assert not torch.equal(S_full, torch.diag(torch.diagonal(S_full)))
+        updates.append((i, pt, {"step": 1}))
+    out = opt._finalize_updates(updates, 1)
+    assert (
+        sum(parameter_count(ad.matrix_shape, int(p.S.shape[0])) for ad, (_, p, _) in zip(ads, out))
+        <= 140
+    )
+    for (_, p, _), Y in zip(out, ys):
+        r = int(p.S.shape[0])
+        u, s, vh = torch.linalg.svd(Y)
+        best = u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
+        assert torch.allclose(p.U @ p.S @ p.V.T, best, atol=1000 * EPS * float(s[0]))
+
+
+def test_budget_holds_after_every_step_and_allocates_unevenly():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(20, 40), nn.Tanh(), nn.Linear(40, 30), nn.Tanh(), nn.Linear(30, 5)
+    )
+    ads = []
+    for i in (0, 2, 4):
+        base = model[i].to(D)
+        model[i] = LowRankAdapter(
+            base, 4, max_rank=None, generator=torch.Generator().manual_seed(i)
+        )
+        ads.append(model[i])
+    model = model.to(D)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 20, generator=g, dtype=D)
+    y = torch.randn(64, 5, generator=g, dtype=D)
+    budget = 500
+    opt = GeoLoRA(
+        model, lr=0.05, tau=0.01, max_rank=16, momentum=0.9, precondition="factored", budget=budget
+    )
+    losses, seen = [], set()
+    for _ in range(40):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        assert opt.num_adapter_parameters() <= budget
+        seen.add(tuple(ad.rank for ad in ads))
+    assert losses[-1] < 0.8 * losses[0]
+    assert any(len(set(r)) > 1 for r in seen)  # ranks are allocated, not uniform
+
+
+def test_budget_failure_at_step_time_modifies_nothing():
+    """Layers without gradients keep their cost; if the rest cannot fit, nothing is written."""
+    pairs = _pair(seed=70)
+    ads = [ad for ad, _, _ in pairs]
+    floor = sum(parameter_count(ad.matrix_shape, 1) for ad in ads)
+    opt = GeoLoRA(ads, lr=0.05, tau=0.0, budget=floor + 5)
+    ad, x, y = pairs[0]
+    _backward(ad, x, y)  # only the first layer; the second holds rank 3 (cost > what is left)
+    before = [t.clone() for a in ads for t in a.point()]
+    with pytest.raises(ValueError, match="nothing was modified"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for a in ads for t in a.point()]))
+    assert all(not opt._state_of(i) for i in range(2))
+
+
+@pytest.mark.parametrize(
+    ("budget", "match"),
+    [
+        (-1, "budget must be"),
+        (1.5, "budget must be"),
+        (True, "budget must be"),
+        (GlobalBudget(100, unit="rank"), "unit='params'"),
+        (10, r"valid range is budget >= 44"),
+    ],
+)
+def test_budget_invalid(budget, match):
+    ad, _, _ = _linear_adapter(m=12, n=9, r=3)
+    with pytest.raises(ValueError, match=match):
+        GeoLoRA([ad, _linear_adapter(m=12, n=9, r=3, seed=1)[0]], lr=0.1, budget=budget)
+
+
+def test_budget_rejects_tucker_layers():
+    g = torch.Generator().manual_seed(80)
+    tk = TuckerConv2dAdapter(nn.Conv2d(4, 6, 3).to(D), 2, generator=g)
+    with pytest.raises(ValueError, match="matrix layers only"):
+        GeoLoRA(tk, lr=0.1, budget=10**6)
