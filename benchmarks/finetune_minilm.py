@@ -867,9 +867,10 @@ def print_paired(runs: list[dict], names: list[str], ref: str = "LoRA r=8") -> N
     base = {r["seed"]: r for r in runs if r["name"] == ref}
     if not base:
         return
+    w = max(len(n) for n in names)
     print(f"\n== paired with {ref} (same seeds, batches and test snippets; points) ==")
     print(
-        f"{'method':<24} {'seeds':>5} {'mean diff':>16} {'ahead/tie/behind':>16} "
+        f"{'method':<{w}} {'seeds':>5} {'mean diff':>16} {'ahead/tie/behind':>16} "
         f"{'test SE/seed':>12} {'params':>7}  per seed"
     )
     for n in names:
@@ -902,7 +903,7 @@ def print_paired(runs: list[dict], names: list[str], ref: str = "LoRA r=8") -> N
         tse = f"{statistics.mean(ses):.2f}" if ses else "-"
         per = ", ".join(f"s{r['seed']}:{x:+.2f}" for (r, _), x in zip(pairs, d))
         print(
-            f"{n:<24} {len(d):>5} {f'{mean:+.3f} ± {se:.3f}':>16} "
+            f"{n:<{w}} {len(d):>5} {f'{mean:+.3f} ± {se:.3f}':>16} "
             f"{f'{ahead}/{tie}/{len(d) - ahead - tie}':>16} {tse:>12} {100 * ratio:6.1f}%  {per}"
         )
     print(
