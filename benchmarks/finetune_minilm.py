@@ -890,7 +890,7 @@ def print_paired(runs: list[dict], names: list[str], ref: str = "LoRA r=8") -> N
             continue
         pairs = [
             (r, b)
-            for r in runs
+            for r in sorted(runs, key=lambda r: r["seed"])
             if r["name"] == n
             and (b := base.get(r["seed"])) is not None
             and r.get("n_test") == b.get("n_test")
