@@ -122,9 +122,10 @@ Options beyond the paper
     (it is a subspace of the larger one). Ranks are thus *allocated across layers* by
     the size of what each layer has learnt, as AdaLoRA's budget does, but by truncation
     (memory is freed) and with a hard bound instead of a schedule. When the budget is
-    not binding the step is exactly the τ-step. Matrix layers only; cost
-    ``O(P log P)`` for ``P`` singular values in total, plus an SVD of the core of a
-    layer whose core is not diagonal (only after a step without truncation).
+    not binding the step is exactly the τ-step. It relies on every matrix step ending
+    in the SVD gauge (``S`` diagonal, non-increasing), so cutting is slicing. Matrix
+    layers only; cost ``O(P log P)`` for ``P`` singular values in total and one host copy
+    of them.
 
 Tucker adapters (:class:`~manifold_lowrank.nn.TuckerConv2dAdapter`) use the Tucker
 version of the parallel integrator
@@ -556,30 +557,20 @@ class GeoLoRA(LowRankOptimizer):
                 f"budget ({self.budget.budget}) is smaller than the parameters of the layers "
                 f"without gradients in this step ({fixed}); nothing was modified"
             )
-        out = []
-        diag = []
-        for i, pt, st in updates:
-            S = pt.S
-            if S.shape[0] > 1 and bool((S - torch.diag_embed(torch.diagonal(S))).any()):
-                # a core that is not diagonal (a step without truncation): rotate to its SVD
-                p, sig, qh = torch.linalg.svd(S)
-                q = qh.transpose(0, 1)
-                pt = FixedRankPoint(pt.U @ p, torch.diag(sig).to(S.dtype), pt.V @ q)
-                if "momentum_GV" in st:
-                    st = dict(st)
-                    st["momentum_GV"] = st["momentum_GV"] @ q
-                    st["momentum_UtGV"] = p.transpose(0, 1) @ st["momentum_UtGV"] @ q
-                    st["momentum_GtU"] = st["momentum_GtU"] @ p
-            out.append((i, pt, st))
-            diag.append(torch.diagonal(pt.S).abs())
+        # every matrix step ends in the SVD gauge (S diagonal, non-increasing: the τ-rule
+        # of _parallel_reorth, or reorthonormalize(diagonalize=True)), so the diagonals
+        # are the spectra and a cut is a slice; one host copy for all layers
+        dev = updates[0][1].S.device
+        flat = torch.cat([torch.diagonal(pt.S).to(dev, torch.float64) for _, pt, _ in updates])
+        spectra = flat.cpu().split(ranks)
         try:
             alloc = dataclasses.replace(self.budget, budget=remaining).allocate(
-                diag, shapes=shapes, max_ranks=ranks
+                spectra, shapes=shapes, max_ranks=ranks
             )
         except ValueError as e:
             raise ValueError(f"{e}; nothing was modified") from e
         result = []
-        for (i, pt, st), r in zip(out, alloc):
+        for (i, pt, st), r in zip(updates, alloc):
             if r < int(pt.S.shape[0]):
                 pt = FixedRankPoint(pt.U[:, :r], pt.S[:r, :r], pt.V[:, :r])
                 if "momentum_GV" in st:  # projection transport to the smaller tangent space

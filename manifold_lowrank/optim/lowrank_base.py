@@ -425,8 +425,9 @@ class LowRankOptimizer(torch.optim.Optimizer):
         layer's result (e.g. a rank budget shared by all layers) goes here.
 
         ``updates`` holds ``(layer index, new point, new state)`` of every layer that is
-        about to change. Must not write into a layer or a state (the base checks the
-        returned points and commits them). Default: unchanged.
+        about to change, all checked finite. Must not write into a layer or a state, and
+        may only select from the points and states it is given (the base commits what it
+        returns without a second finiteness check). Default: unchanged.
         """
         return updates
 
@@ -492,14 +493,15 @@ class LowRankOptimizer(torch.optim.Optimizer):
                 bad.append(self.layer_names[i])
                 continue
             updates.append((i, point, new_state))
-        if not bad:
-            updates = self._finalize_updates(updates, t)
         new_flat = [_flatten(tuple(pt)) for _, pt, _ in updates]
         if not all_finite(t for f in new_flat for t in f):  # one check for all
             bad += [self.layer_names[u[0]] for u, f in zip(updates, new_flat) if not all_finite(f)]
         if bad:
             self._handle_nonfinite(bad, "update")
             return loss
+        # decisions over all layers (a shared budget) see finite points only; they select
+        # and slice, so what they return is finite too
+        updates = self._finalize_updates(updates, t)
         # commit: nothing above wrote into a layer or a state
         for i, point, new_state in updates:
             # finiteness of every result was checked above, in one pass

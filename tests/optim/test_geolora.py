@@ -714,38 +714,31 @@ def test_budget_cuts_the_momentum_by_the_projection_transport():
         assert torch.allclose(st["momentum_UtGV"], U1.T @ xi @ V1, atol=scale * 10)
 
 
-def test_budget_rotates_a_core_that_is_not_diagonal():
-    """After a step without τ-truncation the core may be full: the cut then keeps the
-    leading singular triplets of the layer, i.e. its best approximation (float64)."""
-    pairs = _pair(seed=60)
+def test_budget_cuts_layers_of_the_fallback_path_to_their_best_approximation():
+    """Nearly square layers (2r > min(m, n)) take the public-function path of the step;
+    it too ends in the SVD gauge the budget relies on, and the cut keeps each layer's best
+    approximation of its τ-step (float64)."""
+    pairs = [_linear_adapter(m=7, n=5, r=3, seed=60), _linear_adapter(m=6, n=6, r=4, seed=61)]
     ads = [ad for ad, _, _ in pairs]
-    opt = GeoLoRA(ads, lr=0.05, tau=0.0, max_rank=8, momentum=0.5, budget=140)
     ys = []
     for ad, x, y in pairs:
         U, S, V, G = _dense_grad(ad, x, y)
         ys.append(U @ S @ V.T - 0.05 * _proj(U, V, G))
         _backward(ad, x, y)
-    # a new point with a full core and the same matrix (the hook sees it as it is)
-    updates = []
-    g = torch.Generator().manual_seed(61)
-    for i, Y in enumerate(ys):
-        u, s, vh = torch.linalg.svd(Y, full_matrices=False)
-        k = int((s > 1e-10 * s[0]).sum())
-        q1, q2 = _orth(k, k, g), _orth(k, k, g)
-        S_full = q1.T @ torch.diag(s[:k]) @ q2
-        pt = FixedRankPoint(u[:, :k] @ q1, S_full, vh[:k].T @ q2)
-        assert not torch.equal(S_full, torch.diag(torch.diagonal(S_full)))
-        updates.append((i, pt, {"step": 1}))
-    out = opt._finalize_updates(updates, 1)
-    assert (
-        sum(parameter_count(ad.matrix_shape, int(p.S.shape[0])) for ad, (_, p, _) in zip(ads, out))
-        <= 140
-    )
-    for (_, p, _), Y in zip(out, ys):
-        r = int(p.S.shape[0])
+    free = [int((torch.linalg.svdvals(Y) > 1e-10 * torch.linalg.svdvals(Y)[0]).sum()) for Y in ys]
+    free_cost = sum(parameter_count(ad.matrix_shape, r) for ad, r in zip(ads, free))
+    budget = free_cost - 15
+    opt = GeoLoRA(ads, lr=0.05, tau=0.0, max_rank=5, momentum=0.5, budget=budget)
+    opt.step()
+    assert _cost(ads) <= budget < free_cost
+    for ad, Y in zip(ads, ys):
+        r = ad.rank
+        Un, Sn, Vn = ad.point()
+        assert torch.equal(Sn, torch.diag(torch.diagonal(Sn)))
+        assert bool((torch.diagonal(Sn)[:-1] >= torch.diagonal(Sn)[1:]).all())
         u, s, vh = torch.linalg.svd(Y)
         best = u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
-        assert torch.allclose(p.U @ p.S @ p.V.T, best, atol=1000 * EPS * float(s[0]))
+        assert torch.allclose(Un @ Sn @ Vn.T, best, atol=1000 * EPS * float(s[0]))
 
 
 def test_budget_holds_after_every_step_and_allocates_unevenly():
@@ -779,6 +772,30 @@ def test_budget_holds_after_every_step_and_allocates_unevenly():
         seen.add(tuple(ad.rank for ad in ads))
     assert losses[-1] < 0.8 * losses[0]
     assert any(len(set(r)) > 1 for r in seen)  # ranks are allocated, not uniform
+
+
+def test_budget_sees_only_finite_updates_a_nan_update_goes_to_the_nan_policy():
+    """A non-finite new point is skipped by the NaN policy before the budget looks at it
+    (the allocation would otherwise reject its singular values)."""
+    pairs = _pair(seed=75)
+    ads = [ad for ad, _, _ in pairs]
+    opt = GeoLoRA(ads, lr=0.05, tau=0.0, max_rank=8, budget=140)
+    inner = opt._compute_update
+
+    def poisoned(layer, group, state, pg, step):
+        point, st = inner(layer, group, state, pg, step)
+        if layer is ads[0]:
+            point = FixedRankPoint(point.U, point.S * float("nan"), point.V)
+        return point, st
+
+    opt._compute_update = poisoned
+    for ad, x, y in pairs:
+        _backward(ad, x, y)
+    before = [t.clone() for a in ads for t in a.point()]
+    with pytest.warns(RuntimeWarning, match="non-finite update"):
+        opt.step()
+    assert opt.nan_skips == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for a in ads for t in a.point()]))
 
 
 def test_budget_failure_at_step_time_modifies_nothing():
