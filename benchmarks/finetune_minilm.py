@@ -735,7 +735,7 @@ def run_record(run: Run, seed: int, acc: float, info: dict, lr_scale: float = 1.
 PREFIX = 1000
 
 
-def test_record(ok: torch.Tensor) -> dict:
+def test_details(ok: torch.Tensor) -> dict:
     """Per-run test details: the test size, the packed correctness vector (for paired
     comparisons between runs on the same snippets) and, for a test set larger than
     :data:`PREFIX`, the accuracy on its first ``PREFIX`` snippets — the test set of the
@@ -968,7 +968,7 @@ def main() -> None:
             ok = correctness(run.model, test_data, test_y)
             acc = float(ok.double().mean())
             rec = run_record(run, seed, acc, info)
-            rec.update(test_record(ok))
+            rec.update(test_details(ok))
             emit(rec, records)
             prefix = f" (first {PREFIX}: {rec['acc_prefix']:.4f})" if "acc_prefix" in rec else ""
             print(
